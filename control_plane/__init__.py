@@ -1,0 +1,1 @@
+"""Krako control plane: the FastAPI app that owns the event log."""

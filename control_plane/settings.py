@@ -1,0 +1,143 @@
+"""The control plane's settings: one class, ``KRAKO_*`` from the environment and ``.env``.
+
+Built once in ``main()`` / ``create_app(settings)`` and passed in; never read at import time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from decimal import Decimal
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """The configuration is unsafe or inconsistent; the process refuses to start."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the control plane. Each field is ``KRAKO_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KRAKO_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    dev: bool = Field(
+        default=False,
+        description="Development mode: missing tokens are generated and printed at start.",
+    )
+    data_dir: Path = Field(default=Path("./.krako"), description="Where the SQLite file lives.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default is SQLite at DATA_DIR/krako.db. "
+        "postgresql://user@host/db selects PostgreSQL (psycopg 3).",
+    )
+    admin_token: str | None = Field(default=None, description="Bearer token of the admin role.")
+    node_join_token: str | None = Field(
+        default=None, description="Bearer token agents present to register."
+    )
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Request body limit.")
+
+    lease_s: float = Field(default=30.0, gt=0, description="Claim lease length.")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="Agent heartbeat interval.")
+    heartbeat_timeout_s: float = Field(
+        default=30.0, gt=0, description="A node without a heartbeat this long is unhealthy."
+    )
+    lease_reaper_interval_s: float = Field(default=1.0, gt=0, description="Lease reaper period.")
+    scheduler_sweep_interval_s: float = Field(
+        default=1.0, gt=0, description="Period of the background placement sweep."
+    )
+    autoscaler_interval_s: float = Field(default=2.0, gt=0, description="Autoscaler period.")
+    scheduler_offer_fanout: int = Field(
+        default=1, ge=1, le=16, description="Offer each unit to its k best candidates."
+    )
+    scheduler_weight_free_capacity: float = Field(default=1.0, ge=0)
+    scheduler_weight_load: float = Field(default=0.5, ge=0)
+    scheduler_weight_trust: float = Field(default=1.0, ge=0)
+    scheduler_weight_region: float = Field(default=0.5, ge=0)
+    scheduler_streak_limit: int = Field(
+        default=3, ge=1, description="Max consecutive units of a session on one node."
+    )
+
+    bill_llm_from_workunit_completed: bool = Field(
+        default=False, description="Bill LLM tokens from workunit.completed (usage summed)."
+    )
+    bill_llm_from_invocation: bool = Field(
+        default=True, description="Bill LLM tokens from llm.invocation.completed."
+    )
+    usd_per_cpu_s: Decimal = Field(
+        default=Decimal("0.000050"), ge=0, description="CPU rate, USD per CPU second."
+    )
+    ledger_jsonl_path: Path | None = Field(
+        default=None, description="Optional append-only JSONL file sink of the ledger."
+    )
+    wallet_snapshot_every: int = Field(
+        default=10_000, ge=1, description="Store a wallet snapshot every N events folded."
+    )
+
+    autoscaler_actuator: str = Field(default="log", description="log | local | webhook")
+    autoscaler_min_nodes: int = Field(default=0, ge=0)
+    autoscaler_max_nodes: int = Field(default=10, ge=0)
+    autoscaler_webhook_url: str | None = None
+    autoscaler_webhook_secret: str | None = None
+
+    db_pool_size: int = Field(default=10, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'krako.db').resolve()}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.resolved_database_url.startswith("postgresql")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.bill_llm_from_workunit_completed and self.bill_llm_from_invocation:
+            raise SettingsError(
+                "KRAKO_BILL_LLM_FROM_WORKUNIT_COMPLETED=1 and KRAKO_BILL_LLM_FROM_INVOCATION=1 "
+                "would bill every LLM token twice; turn one of them off"
+            )
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise SettingsError("KRAKO_HEARTBEAT_TIMEOUT_S must exceed KRAKO_HEARTBEAT_INTERVAL_S")
+        return self
+
+    def with_dev_tokens(self) -> tuple[Settings, list[str]]:
+        """In dev mode, fill missing tokens with fresh ones; returns lines to print."""
+        notes: list[str] = []
+        updates: dict[str, str] = {}
+        if self.admin_token is None:
+            updates["admin_token"] = "ka_" + secrets.token_urlsafe(24)
+            notes.append(f"KRAKO_ADMIN_TOKEN={updates['admin_token']}")
+        if self.node_join_token is None:
+            updates["node_join_token"] = "kj_" + secrets.token_urlsafe(24)
+            notes.append(f"KRAKO_NODE_JOIN_TOKEN={updates['node_join_token']}")
+        return self.model_copy(update=updates), notes
+
+    def require_tokens(self) -> None:
+        missing = [
+            name
+            for name, value in (
+                ("KRAKO_ADMIN_TOKEN", self.admin_token),
+                ("KRAKO_NODE_JOIN_TOKEN", self.node_join_token),
+            )
+            if not value
+        ]
+        if missing:
+            raise SettingsError(
+                f"{', '.join(missing)} not set; set them (or KRAKO_DEV=1 to generate them)"
+            )
+        for name, value in (
+            ("KRAKO_ADMIN_TOKEN", self.admin_token),
+            ("KRAKO_NODE_JOIN_TOKEN", self.node_join_token),
+        ):
+            if value is not None and len(value) < 16 and not self.dev:
+                raise SettingsError(f"{name} is too short (16 characters at least)")
