@@ -1,1 +1,1 @@
-"""Autoscaling: the pure capacity controller (admission mode and desired nodes) and its actuators."""
+"""Autoscaling: the pure capacity controller (admission mode, desired nodes) and actuators."""

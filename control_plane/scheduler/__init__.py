@@ -1,1 +1,1 @@
-"""Scheduling: pure placement, queue ordering and admission decisions, and the commands that use them."""
+"""Scheduling: pure placement, ordering and admission decisions, and the commands using them."""
