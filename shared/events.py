@@ -23,6 +23,7 @@ class EventType(StrEnum):
     TENANT_LIMITS_CHANGED = "tenant.limits.changed"
     WORKUNIT_SUBMITTED = "workunit.submitted"
     WORKUNIT_SCHEDULED = "workunit.scheduled"
+    WORKUNIT_UNSCHEDULED = "workunit.unscheduled"
     WORKUNIT_CLAIMED = "workunit.claimed"
     WORKUNIT_LEASES_RENEWED = "workunit.leases.renewed"
     LLM_INVOCATION_COMPLETED = "llm.invocation.completed"
@@ -83,6 +84,15 @@ class WorkUnitScheduled(Payload):
     offered_to: list[str]
     attempt: int
     decision: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkUnitUnscheduled(Payload):
+    """An offer was withdrawn before anyone claimed it (the node went away, was drained or
+    quarantined, or the offer timed out); the unit is queued again at the same attempt."""
+
+    node_id: str
+    attempt: int
+    reason: str
 
 
 class WorkUnitClaimed(Payload):
@@ -275,6 +285,7 @@ PAYLOADS: dict[EventType, type[Payload]] = {
     EventType.TENANT_LIMITS_CHANGED: TenantLimitsChanged,
     EventType.WORKUNIT_SUBMITTED: WorkUnitSubmitted,
     EventType.WORKUNIT_SCHEDULED: WorkUnitScheduled,
+    EventType.WORKUNIT_UNSCHEDULED: WorkUnitUnscheduled,
     EventType.WORKUNIT_CLAIMED: WorkUnitClaimed,
     EventType.WORKUNIT_LEASES_RENEWED: WorkUnitLeasesRenewed,
     EventType.LLM_INVOCATION_COMPLETED: LlmInvocationCompleted,

@@ -530,3 +530,18 @@ class CapacityModeRequest(StrictWire):
     mode: CapacityMode
     reason: str = Field(min_length=1, max_length=500)
     ttl_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+
+
+class TenantLimits(StrictWire):
+    """Per-tenant limits (null: unlimited)."""
+
+    max_running: int | None = Field(default=None, ge=1)
+    submit_rate_per_s: float | None = Field(default=None, gt=0)
+    submit_burst: int | None = Field(default=None, ge=1)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"max_running": 50, "submit_rate_per_s": 100, "submit_burst": 200}]
+        },
+    )

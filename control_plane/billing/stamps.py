@@ -1,53 +1,131 @@
-"""The prices the control plane stamps into billable events, read from its price table (the
-``prices`` and ``billing_policy`` projections, themselves folded from ``billing.*`` events).
+"""The control plane's price table in the database (the ``prices`` and ``billing_policy``
+projections, folded from ``billing.*`` events) and the stamps it puts into billable events.
 
 Replay never reads these tables: it reads the stamps in the events.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select
+from decimal import Decimal
 
+from sqlalchemy import Connection, delete, select
+
+from control_plane.billing.policy import BillingPolicy, policy_changed_payload
+from control_plane.billing.pricing import (
+    PriceTable,
+    default_price_table,
+    price_changed_payload,
+    rate,
+)
+from control_plane.billing.pricing import cpu_stamp as _cpu_stamp
+from control_plane.billing.pricing import token_stamp as _token_stamp
 from control_plane.db.tables import billing_policy, prices
-from shared.events import CpuPricing, TokenPricing
-
-DEFAULT_MODEL_KEY = "default"
+from control_plane.db.uow import UnitOfWork
+from control_plane.eventlog.store import append
+from control_plane.ids import new_id
+from shared.events import (
+    BillingPolicyChanged,
+    BillingPriceChanged,
+    CpuPricing,
+    EventType,
+    NewEvent,
+    TokenPricing,
+)
 
 
 class PricingMissing(RuntimeError):
-    """The price table was never initialised (the app seeds it on start)."""
+    """The price table was never initialised (the control plane seeds it on start)."""
 
 
-def cpu_pricing(conn: Connection) -> CpuPricing:
-    row = conn.execute(
-        select(billing_policy.c.usd_per_cpu_s, billing_policy.c.price_version).where(
-            billing_policy.c.id == 1
-        )
-    ).first()
+def load_table(conn: Connection) -> PriceTable:
+    policy = conn.execute(select(billing_policy).where(billing_policy.c.id == 1)).first()
+    rows = conn.execute(select(prices)).all()
+    if policy is None or not rows:
+        raise PricingMissing("billing policy and prices not initialised")
+    from control_plane.billing.pricing import ModelPrice
+
+    version = max([policy.price_version, *(r.price_version for r in rows)])
+    models = {r.model: ModelPrice(rate(r.usd_per_1m_in), rate(r.usd_per_1m_out)) for r in rows}
+    return PriceTable(version, rate(policy.usd_per_cpu_s), models)
+
+
+def load_policy(conn: Connection) -> BillingPolicy:
+    row = conn.execute(select(billing_policy).where(billing_policy.c.id == 1)).first()
     if row is None:
-        raise PricingMissing("billing policy not initialised")
-    return CpuPricing(usd_per_cpu_s=row.usd_per_cpu_s, price_version=row.price_version)
-
-
-def token_pricing(conn: Connection, model: str) -> TokenPricing:
-    """The model's rates, or the ``default`` row's rates for a model the table does not know."""
-    rows = {
-        r.model: r
-        for r in conn.execute(select(prices).where(prices.c.model.in_([model, DEFAULT_MODEL_KEY])))
-    }
-    row = rows.get(model) or rows.get(DEFAULT_MODEL_KEY)
-    if row is None:
-        raise PricingMissing(f"no price for model {model!r} and no default price")
-    return TokenPricing(
-        model=model,
-        usd_per_1m_in=row.usd_per_1m_in,
-        usd_per_1m_out=row.usd_per_1m_out,
-        price_version=row.price_version,
+        return BillingPolicy()
+    return BillingPolicy(
+        bool(row.bill_llm_from_workunit_completed), bool(row.bill_llm_from_invocation)
     )
 
 
+def cpu_pricing(conn: Connection) -> CpuPricing:
+    return CpuPricing.model_validate(_cpu_stamp(load_table(conn)))
+
+
+def token_pricing(conn: Connection, model: str) -> TokenPricing:
+    return TokenPricing.model_validate(_token_stamp(load_table(conn), model))
+
+
 def bill_llm_from_completion(conn: Connection) -> bool:
-    value = conn.execute(
-        select(billing_policy.c.bill_llm_from_workunit_completed).where(billing_policy.c.id == 1)
-    ).scalar()
-    return bool(value)
+    return load_policy(conn).bill_llm_from_workunit_completed
+
+
+def _write_policy(uow: UnitOfWork, policy: BillingPolicy, table: PriceTable) -> None:
+    payload = policy_changed_payload(policy, table)
+    uow.conn.execute(delete(billing_policy))
+    uow.conn.execute(billing_policy.insert().values(id=1, **payload))
+    append(
+        uow,
+        [
+            NewEvent(
+                event_id=new_id("evt"),
+                type=EventType.BILLING_POLICY_CHANGED,
+                stream_id="billing",
+                payload=BillingPolicyChanged.model_validate(payload),
+            )
+        ],
+    )
+
+
+def set_model_price(uow: UnitOfWork, table: PriceTable, model: str) -> None:
+    payload = price_changed_payload(table, model)
+    uow.conn.execute(delete(prices).where(prices.c.model == model))
+    uow.conn.execute(prices.insert().values(**payload))
+    append(
+        uow,
+        [
+            NewEvent(
+                event_id=new_id("evt"),
+                type=EventType.BILLING_PRICE_CHANGED,
+                stream_id="billing",
+                payload=BillingPriceChanged.model_validate(payload),
+            )
+        ],
+    )
+
+
+def ensure_billing(
+    uow: UnitOfWork, from_completed: bool, from_invocation: bool, usd_per_cpu_s: Decimal
+) -> None:
+    """At start: seed the price table (version 1) if the log has none, and record the billing
+    flags and CPU rate in force when they differ from what the log says."""
+    wanted = BillingPolicy(from_completed, from_invocation)
+    try:
+        table = load_table(uow.conn)
+    except PricingMissing:
+        table = default_price_table(usd_per_cpu_s)
+        for model in sorted(table.models):
+            set_model_price(uow, table, model)
+        _write_policy(uow, wanted, table)
+        return
+    current = load_policy(uow.conn)
+    if current != wanted or table.usd_per_cpu_s != rate(usd_per_cpu_s):
+        _write_policy(uow, wanted, table.with_cpu_rate(usd_per_cpu_s))
+
+
+def change_model_price(
+    uow: UnitOfWork, model: str, usd_per_1m_in: Decimal, usd_per_1m_out: Decimal
+) -> PriceTable:
+    table = load_table(uow.conn).with_model_price(model, usd_per_1m_in, usd_per_1m_out)
+    set_model_price(uow, table, model)
+    return table

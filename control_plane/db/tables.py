@@ -118,6 +118,9 @@ Index(
     "ix_work_units_queue",
     work_units.c.status,
     work_units.c.priority,
+    work_units.c.tenant_id,
+    work_units.c.kind,
+    work_units.c.region,
     work_units.c.submit_seq,
 )
 Index("ix_work_units_tenant", work_units.c.tenant_id, work_units.c.status, work_units.c.id)
@@ -135,6 +138,29 @@ offers = Table(
     Column("offered_seq", BigInteger, nullable=False),
 )
 Index("ix_offers_unit", offers.c.work_unit_id)
+
+# Claims: one row per (unit, attempt) — the database refuses a second claim of an attempt.
+claims = Table(
+    "claims",
+    metadata,
+    Column("work_unit_id", String(64), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("node_id", String(100), nullable=False),
+    Column("claim_token", String(128), nullable=False, unique=True),
+    Column("claimed_at_us", BigInteger, nullable=False),
+)
+
+# Queued units by (priority, tenant, kind, region): drives fair placement and queue depth
+# without scanning the queue.
+queue_depth = Table(
+    "queue_depth",
+    metadata,
+    Column("priority", Integer, primary_key=True),
+    Column("tenant_id", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("region", String(100), primary_key=True),
+    Column("queued", Integer, nullable=False),
+)
 
 # Accepted LLM invocations: one row per (unit, invocation_id) — the database enforces it.
 llm_invocations = Table(

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 18:50:30.834402
+Create Date: 2026-11-27 18:59:47.401213
 """
 
 from alembic import op
@@ -41,6 +41,15 @@ def upgrade() -> None:
     sa.Column('last_seq', sa.BigInteger(), nullable=False),
     sa.Column('updated_at_us', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_checkpoints'))
+    )
+    op.create_table('claims',
+    sa.Column('work_unit_id', sa.String(length=64), nullable=False),
+    sa.Column('attempt', sa.Integer(), nullable=False),
+    sa.Column('node_id', sa.String(length=100), nullable=False),
+    sa.Column('claim_token', sa.String(length=128), nullable=False),
+    sa.Column('claimed_at_us', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('work_unit_id', 'attempt', name=op.f('pk_claims')),
+    sa.UniqueConstraint('claim_token', name=op.f('uq_claims_claim_token'))
     )
     op.create_table('events',
     sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -131,6 +140,14 @@ def upgrade() -> None:
     sa.Column('price_version', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('model', name=op.f('pk_prices'))
     )
+    op.create_table('queue_depth',
+    sa.Column('priority', sa.Integer(), nullable=False),
+    sa.Column('tenant_id', sa.String(length=64), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('region', sa.String(length=100), nullable=False),
+    sa.Column('queued', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('priority', 'tenant_id', 'kind', 'region', name=op.f('pk_queue_depth'))
+    )
     op.create_table('tenants',
     sa.Column('tenant_id', sa.String(length=64), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -188,7 +205,7 @@ def upgrade() -> None:
     with op.batch_alter_table('work_units', schema=None) as batch_op:
         batch_op.create_index('ix_work_units_lease', ['status', 'lease_expires_us'], unique=False)
         batch_op.create_index('ix_work_units_node', ['node_id', 'status'], unique=False)
-        batch_op.create_index('ix_work_units_queue', ['status', 'priority', 'submit_seq'], unique=False)
+        batch_op.create_index('ix_work_units_queue', ['status', 'priority', 'tenant_id', 'kind', 'region', 'submit_seq'], unique=False)
         batch_op.create_index('ix_work_units_session', ['execution_session_id', 'id'], unique=False)
         batch_op.create_index('ix_work_units_tenant', ['tenant_id', 'status', 'id'], unique=False)
 
@@ -208,6 +225,7 @@ def downgrade() -> None:
     op.drop_table('wallets')
     op.drop_table('wallet_snapshots')
     op.drop_table('tenants')
+    op.drop_table('queue_depth')
     op.drop_table('prices')
     with op.batch_alter_table('offers', schema=None) as batch_op:
         batch_op.drop_index('ix_offers_unit')
@@ -227,6 +245,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_events_stream_seq')
 
     op.drop_table('events')
+    op.drop_table('claims')
     op.drop_table('checkpoints')
     op.drop_table('capacity_state')
     op.drop_table('billing_policy')

@@ -1,0 +1,56 @@
+"""Capacity: the admission mode, queue depth and the autoscaler's last decision; overrides."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
+
+from control_plane.api.deps import Admin, DbDep, TenantOrAdmin
+from control_plane.scheduler import capacity
+from shared.wire import CapacityModeRequest, CapacityReport, Problem
+
+router = APIRouter(prefix="/v1/capacity", tags=["capacity"])
+E = {401: {"model": Problem}, 403: {"model": Problem}}
+
+
+@router.get(
+    "",
+    operation_id="get_capacity",
+    summary="Capacity and admission mode",
+    description="The mode in force (OPEN, THROTTLED, CRITICAL), healthy and desired nodes, "
+    "queue depth by priority, running units, utilization and the last autoscaler decision.",
+    responses=E,
+)
+async def get_capacity(_: TenantOrAdmin, db: DbDep) -> CapacityReport:
+    def load() -> CapacityReport:
+        with db.engine.connect() as conn:
+            return capacity.report(conn)
+
+    return await run_in_threadpool(load)
+
+
+@router.put(
+    "/mode",
+    operation_id="set_capacity_mode",
+    summary="Override the admission mode (admin)",
+    description="A manual override, itself an event. It holds for ttl_s, or until DELETE; "
+    "while it holds the autoscaler does not change the mode. Setting the mode already in "
+    "force appends no event and leaves any override as it was.",
+    responses={**E, 422: {"model": Problem}},
+)
+async def put_mode(body: CapacityModeRequest, _: Admin, db: DbDep) -> CapacityReport:
+    await run_in_threadpool(capacity.set_override, db, body.mode, body.reason, body.ttl_s)
+    return await get_capacity(_, db)
+
+
+@router.delete(
+    "/mode",
+    status_code=204,
+    operation_id="clear_capacity_mode",
+    summary="End a manual override (admin)",
+    description="The autoscaler decides the mode again at its next tick.",
+    responses=E,
+)
+async def delete_mode(_: Admin, db: DbDep) -> Response:
+    await run_in_threadpool(capacity.clear_override, db, "cleared by admin")
+    return Response(status_code=204)

@@ -1,0 +1,63 @@
+"""Tenants: creation (admin) and self-inspection (tenant)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
+
+from control_plane.api.deps import Admin, DbDep, TenantP
+from control_plane.errors import NotFound
+from control_plane.scheduler.tenants import create_tenant, get_tenant, set_limits
+from shared.wire import Problem, Tenant, TenantCreate, TenantCreated, TenantLimits
+
+router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    operation_id="create_tenant",
+    summary="Create a tenant",
+    description="Creates a tenant and returns its API key once (stored only as a hash).",
+    responses={401: {"model": Problem}, 403: {"model": Problem}, 422: {"model": Problem}},
+)
+async def create(body: TenantCreate, _: Admin, db: DbDep) -> TenantCreated:
+    record, key = await run_in_threadpool(create_tenant, db, body.name)
+    return TenantCreated(tenant_id=record.tenant_id, name=record.name, api_key=key)
+
+
+@router.get(
+    "/me",
+    operation_id="get_current_tenant",
+    summary="The calling tenant",
+    description="Returns the tenant that owns the API key.",
+    responses={401: {"model": Problem}, 403: {"model": Problem}},
+)
+async def me(p: TenantP, db: DbDep) -> Tenant:
+    assert p.tenant_id is not None
+    tenant_id = p.tenant_id
+
+    def load() -> Tenant:
+        with db.engine.connect() as conn:
+            record = get_tenant(conn, tenant_id)
+        if record is None:
+            raise NotFound("tenant not found")
+        return Tenant(tenant_id=record.tenant_id, name=record.name)
+
+    return await run_in_threadpool(load)
+
+
+@router.put(
+    "/{tenant_id}/limits",
+    status_code=204,
+    operation_id="set_tenant_limits",
+    summary="Set a tenant's limits",
+    description="Max running units and a submission rate limit (token bucket), enforced "
+    "across all replicas. Null removes a limit. Each change is a tenant.limits.changed event.",
+    responses={401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}},
+)
+async def put_limits(tenant_id: str, body: TenantLimits, _: Admin, db: DbDep) -> Response:
+    await run_in_threadpool(
+        set_limits, db, tenant_id, body.max_running, body.submit_rate_per_s, body.submit_burst
+    )
+    return Response(status_code=204)

@@ -1,0 +1,283 @@
+"""Work units: submit (one or a batch), read, list, events, cancel — and the node's claim and
+reports."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from control_plane.api.deps import (
+    CtxDep,
+    DbDep,
+    NodeP,
+    NotifierDep,
+    SettingsDep,
+    TenantOrAdmin,
+    TenantP,
+)
+from control_plane.api.errors import error_problem
+from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from control_plane.errors import BadRequest, KrakoError
+from control_plane.eventlog.wait import wait_for
+from control_plane.scheduler import claims, queries, workunits
+from shared.enums import WorkUnitStatus
+from shared.wire import (
+    MAX_WAIT_S,
+    BatchReply,
+    BatchResult,
+    BatchSubmit,
+    ClaimReply,
+    ClaimRequest,
+    CompleteRequest,
+    FailRequest,
+    LlmInvocationAccepted,
+    LlmInvocationReport,
+    Page,
+    Problem,
+    WorkUnit,
+    WorkUnitEvents,
+    WorkUnitSubmit,
+)
+
+router = APIRouter(prefix="/v1/workunits", tags=["workunits"])
+
+E401_403 = {401: {"model": Problem}, 403: {"model": Problem}}
+E404 = {404: {"model": Problem}}
+E409 = {409: {"model": Problem}}
+E422 = {422: {"model": Problem}}
+
+
+def _idem_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or len(value) > 200:
+        raise BadRequest("Idempotency-Key must be 1 to 200 characters")
+    return value
+
+
+@router.post(
+    "",
+    status_code=201,
+    operation_id="submit_work_unit",
+    summary="Submit a work unit",
+    description="Queues a unit (and places it at once when a node has a free slot). With an "
+    "Idempotency-Key (scoped to the tenant), the same key and body again return 200 with the "
+    "same unit and no new event; the same key with another body is 409 idempotency_conflict. "
+    "Refused by admission: 429 admission_rejected with Retry-After.",
+    responses={
+        200: {"model": WorkUnit, "description": "Idempotent repeat"},
+        **E401_403,
+        402: {"model": Problem},
+        409: {"model": Problem},
+        422: {"model": Problem},
+        429: {"model": Problem},
+    },
+)
+async def submit(
+    body: WorkUnitSubmit,
+    p: TenantP,
+    db: DbDep,
+    ctx: CtxDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> WorkUnit:
+    assert p.tenant_id is not None
+    key = _idem_key(idempotency_key)
+    [outcome] = await run_in_threadpool(workunits.submit, db, ctx, p.tenant_id, [(body, key)])
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.unit is not None
+    response.status_code = outcome.status
+    return outcome.unit
+
+
+@router.post(
+    "/batch",
+    operation_id="submit_work_units_batch",
+    summary="Submit up to 1000 work units",
+    description="One transaction; each result carries the HTTP status that unit alone would "
+    "get, and the unit or the problem, in the order of the request.",
+    responses={**E401_403, **E422},
+)
+async def submit_batch(body: BatchSubmit, p: TenantP, db: DbDep, ctx: CtxDep) -> BatchReply:
+    assert p.tenant_id is not None
+    items: list[tuple[WorkUnitSubmit | KrakoError, str | None]] = []
+    for raw in body.units:
+        try:
+            item = workunits.parse_batch_item(raw)
+            items.append((item, item.idempotency_key))
+        except KrakoError as exc:
+            items.append((exc, None))
+    outcomes = await run_in_threadpool(workunits.submit, db, ctx, p.tenant_id, items)
+    return BatchReply(
+        results=[
+            BatchResult(status=o.status, work_unit=o.unit)
+            if o.error is None
+            else BatchResult(status=o.status, error=Problem.model_validate(error_problem(o.error)))
+            for o in outcomes
+        ]
+    )
+
+
+@router.get(
+    "",
+    operation_id="list_work_units",
+    summary="List work units",
+    description="A tenant sees its own units; the admin sees all. Paginated by cursor.",
+    responses={**E401_403, **E422},
+)
+async def list_units(
+    p: TenantOrAdmin,
+    db: DbDep,
+    settings: SettingsDep,
+    status: WorkUnitStatus | None = None,
+    execution_session_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    cursor: str | None = None,
+) -> Page[WorkUnit]:
+    secret = settings.admin_token or ""
+    scope = f"workunits:{p.tenant_id or '*'}"
+    after = decode_cursor(secret, scope, cursor) if cursor else None
+
+    def load() -> list[WorkUnit]:
+        with db.engine.connect() as conn:
+            return queries.list_units(
+                conn, p.tenant_id, status, execution_session_id, after, limit + 1
+            )
+
+    units = await run_in_threadpool(load)
+    more = len(units) > limit
+    units = units[:limit]
+    next_cursor = encode_cursor(secret, scope, units[-1].id) if more and units else None
+    return Page[WorkUnit](items=units, next_cursor=next_cursor)
+
+
+@router.get(
+    "/{unit_id}",
+    operation_id="get_work_unit",
+    summary="Read a work unit",
+    description="With wait_s (0-30) the request is held until the unit is terminal or the "
+    "wait runs out. Another tenant's unit is 404.",
+    responses={**E401_403, **E404, **E422},
+)
+async def get_unit(
+    unit_id: str,
+    p: TenantOrAdmin,
+    db: DbDep,
+    notifier: NotifierDep,
+    wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
+) -> WorkUnit:
+    deadline = time.monotonic() + wait_s
+
+    def load() -> WorkUnit:
+        with db.engine.connect() as conn:
+            return queries.get_unit(conn, unit_id, p.tenant_id)
+
+    while True:
+        with notifier.subscribe(f"unit:{unit_id}") as fut:
+            unit = await run_in_threadpool(load)
+            remaining = deadline - time.monotonic()
+            if unit.status.terminal or remaining <= 0:
+                return unit
+            # the fallback timeout covers wake-ups that cannot reach us (another process on
+            # SQLite); on PostgreSQL LISTEN/NOTIFY wakes us at once
+            await wait_for(fut, min(remaining, 1.0))
+
+
+@router.get(
+    "/{unit_id}/events",
+    operation_id="get_work_unit_events",
+    summary="A unit's events",
+    description="Every event of the unit, in log order.",
+    responses={**E401_403, **E404},
+)
+async def unit_events(unit_id: str, p: TenantOrAdmin, db: DbDep) -> WorkUnitEvents:
+    def load() -> WorkUnitEvents:
+        with db.engine.connect() as conn:
+            return WorkUnitEvents(events=queries.unit_events(conn, unit_id, p.tenant_id))
+
+    return await run_in_threadpool(load)
+
+
+@router.post(
+    "/{unit_id}/cancel",
+    operation_id="cancel_work_unit",
+    summary="Cancel a work unit",
+    description="Cancels a unit that is not terminal (409 already_terminal otherwise). A node "
+    "holding it is told 'revoked' at its next heartbeat and its reports become stale.",
+    responses={**E401_403, **E404, **E409},
+)
+async def cancel(unit_id: str, p: TenantOrAdmin, db: DbDep, ctx: CtxDep) -> WorkUnit:
+    by = f"tenant:{p.tenant_id}" if p.tenant_id else "admin"
+    return await run_in_threadpool(workunits.cancel, db, ctx, unit_id, p.tenant_id, by)
+
+
+@router.post(
+    "/{unit_id}/claim",
+    operation_id="claim_work_unit",
+    summary="Claim a work unit (node)",
+    description="Only a node the unit was offered to, only for the current attempt, only "
+    "once. The loser of a race it was offered to gets 409 already_claimed; any other node "
+    "409 not_claimable. Asking again for a claim the node already holds returns it again.",
+    responses={**E401_403, **E404, **E409, **E422},
+)
+async def claim(
+    unit_id: str, body: ClaimRequest, p: NodeP, db: DbDep, settings: SettingsDep
+) -> ClaimReply:
+    assert p.node_id is not None
+    return await run_in_threadpool(
+        claims.claim, db, p.node_id, unit_id, body.attempt, settings.lease_s
+    )
+
+
+@router.post(
+    "/{unit_id}/llm-invocations",
+    status_code=201,
+    operation_id="report_llm_invocation",
+    summary="Report an LLM invocation (node)",
+    description="Telemetry of one LLM call under the node's claim. The control plane stamps "
+    "its own price; the agent's estimated_cost_usd is telemetry only. The same invocation_id "
+    "again: 200 and no new event. Under a stale claim: 409 stale_claim, and the spend is "
+    "kept as platform cost (never billed to the tenant).",
+    responses={200: {"model": LlmInvocationAccepted}, **E401_403, **E404, **E409, **E422},
+)
+async def llm_invocation(
+    unit_id: str, body: LlmInvocationReport, p: NodeP, db: DbDep, response: Response
+) -> LlmInvocationAccepted:
+    assert p.node_id is not None
+    status, reply = await run_in_threadpool(
+        claims.record_invocation, db, p.node_id, unit_id, body
+    )
+    response.status_code = status
+    return reply
+
+
+@router.post(
+    "/{unit_id}/complete",
+    operation_id="complete_work_unit",
+    summary="Report completion (node)",
+    description="The same completion again: 200 and no new event. A claim token that is not "
+    "the unit's current claim: 409 stale_claim.",
+    responses={**E401_403, **E404, **E409, **E422},
+)
+async def complete(
+    unit_id: str, body: CompleteRequest, p: NodeP, db: DbDep, ctx: CtxDep
+) -> WorkUnit:
+    assert p.node_id is not None
+    return await run_in_threadpool(claims.complete, db, ctx, p.node_id, unit_id, body)
+
+
+@router.post(
+    "/{unit_id}/fail",
+    operation_id="fail_work_unit",
+    summary="Report failure (node)",
+    description="Requeued with attempt + 1 while attempts remain and retryable; otherwise the "
+    "unit is failed.",
+    responses={**E401_403, **E404, **E409, **E422},
+)
+async def fail(unit_id: str, body: FailRequest, p: NodeP, db: DbDep, ctx: CtxDep) -> WorkUnit:
+    assert p.node_id is not None
+    return await run_in_threadpool(claims.fail, db, ctx, p.node_id, unit_id, body)
