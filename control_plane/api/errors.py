@@ -30,9 +30,7 @@ _HTTP_CODES = {
 }
 
 
-def problem_body(
-    status: int, code: str, title: str, detail: str, **extra: Any
-) -> dict[str, Any]:
+def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": f"https://krako.dev/problems/{code}",
         "title": title,
@@ -94,15 +92,13 @@ def install(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         detail = f"{where}: {first['msg']}" if where else str(first["msg"])
-        return problem_response(
-            422, "validation_error", "Validation error", detail, errors=errors
-        )
+        return problem_response(422, "validation_error", "Validation error", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
         return problem_response(
-            exc.status_code, code, title, str(exc.detail), headers=exc.headers
+            exc.status_code, code, title, str(exc.detail), headers=dict(exc.headers or {}) or None
         )
 
     @app.exception_handler(Exception)
@@ -111,3 +107,13 @@ def install(app: FastAPI) -> None:
         return problem_response(
             500, "internal_error", "Internal error", "an unexpected error occurred"
         )
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting problem+json replies for ``statuses``."""
+    from shared.wire import Problem
+
+    return {
+        s: {"model": Problem, "description": _HTTP_CODES.get(s, ("", "Problem"))[1] or "Problem"}
+        for s in statuses
+    }

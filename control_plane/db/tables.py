@@ -81,6 +81,8 @@ nodes = Table(
     Column("trust", Float, nullable=False, server_default="0.8"),
     Column("quarantined", Boolean, nullable=False, server_default="0"),
     Column("quarantined_at_us", BigInteger, nullable=True),
+    Column("trust_reported", Float, nullable=True),
+    Column("on_probation", Boolean, nullable=False, server_default="0"),
     Column("drained", Boolean, nullable=False, server_default="0"),
     Column("load", Float, nullable=True),
     Column("last_heartbeat_us", BigInteger, nullable=True),

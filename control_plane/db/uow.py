@@ -82,14 +82,13 @@ def set_publisher(db: Database, publisher: Publisher | None) -> None:
 def write_transaction(db: Database) -> Iterator[UnitOfWork]:
     """Open the one write transaction of a command; commit on success, roll back on error."""
     if db.is_postgres:
-        with db.engine.connect() as conn:
-            with conn.begin():
-                now_us = int(conn.execute(_PG_LOCK_AND_CLOCK, {"key": WRITE_LOCK_KEY}).scalar_one())
-                uow = UnitOfWork(conn, now_us, True)
-                yield uow
-                if uow.wakeups:
-                    # Delivered to listeners only when (and if) the transaction commits.
-                    conn.execute(_PG_NOTIFY, {"topics": " ".join(sorted(uow.wakeups))[:7900]})
+        with db.engine.connect() as conn, conn.begin():
+            now_us = int(conn.execute(_PG_LOCK_AND_CLOCK, {"key": WRITE_LOCK_KEY}).scalar_one())
+            uow = UnitOfWork(conn, now_us, True)
+            yield uow
+            if uow.wakeups:
+                # Delivered to listeners only when (and if) the transaction commits.
+                conn.execute(_PG_NOTIFY, {"topics": " ".join(sorted(uow.wakeups))[:7900]})
         _publish(db, uow.wakeups)
         return
     with db.sqlite_write_lock:

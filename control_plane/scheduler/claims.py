@@ -75,9 +75,7 @@ def _token_attempt(token: str) -> int | None:
         return None
 
 
-def _grant(
-    uow: UnitOfWork, row: Row[Any], node_id: str, lease_s: float
-) -> ClaimReply:
+def _grant(uow: UnitOfWork, row: Row[Any], node_id: str, lease_s: float) -> ClaimReply:
     """Turn a scheduled unit into a claim for ``node_id`` (the caller checked eligibility)."""
     conn = uow.conn
     token = _claim_token(row.id, row.attempt)
@@ -274,7 +272,7 @@ def _why_stale(row: Row[Any], node_id: str, token: str) -> str:
 
 
 def _is_repeat(row: Row[Any], node_id: str, token: str, status: WorkUnitStatus) -> bool:
-    return row.status == status.value and row.claim_token == token and row.node_id == node_id
+    return bool(row.status == status.value and row.claim_token == token and row.node_id == node_id)
 
 
 def complete(
@@ -397,9 +395,7 @@ def _failed_attempt_repeat(uow: UnitOfWork, row: Row[Any], node_id: str, token: 
     attempt = _token_attempt(token)
     if attempt is None or attempt >= row.attempt:
         return False
-    held = uow.conn.execute(
-        select(claims.c.node_id).where(claims.c.claim_token == token)
-    ).scalar()
+    held = uow.conn.execute(select(claims.c.node_id).where(claims.c.claim_token == token)).scalar()
     if held != node_id:
         return False
     from control_plane.db.tables import events

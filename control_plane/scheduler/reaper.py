@@ -16,7 +16,8 @@ from control_plane.ids import new_id
 from control_plane.scheduler.claims import finish_attempt
 from control_plane.scheduler.placer import SchedulerContext, schedule_pending
 from control_plane.scheduler.queue import adjust_depth, queue_key
-from control_plane.scheduler.trust_hooks import apply_health, record_outcome
+from control_plane.scheduler.trust_hooks import apply_health, record_outcome, release_probation
+from control_plane.trust.model import health_for
 from shared.enums import NodeHealth, WorkUnitStatus
 from shared.events import (
     EventType,
@@ -44,19 +45,12 @@ class SweepReport:
     placed: int = 0
 
 
-def health_for(age_s: float, t: SweepTimings) -> NodeHealth:
-    if age_s >= t.heartbeat_timeout_s:
-        return NodeHealth.UNHEALTHY
-    if age_s >= max(2.5 * t.heartbeat_interval_s, t.heartbeat_timeout_s / 2):
-        return NodeHealth.SUSPECT
-    return NodeHealth.HEALTHY
-
-
 def sweep(db: Database, ctx: SchedulerContext, timings: SweepTimings) -> SweepReport:
     report = SweepReport()
     with write_transaction(db) as uow:
         report.expired = _expire_leases(uow)
         report.health_changes = _judge_health(uow, timings)
+        release_probation(uow)
         report.withdrawn = _withdraw_offers(uow, timings)
         report.placed = schedule_pending(uow, ctx)
     return report
@@ -93,7 +87,7 @@ def _judge_health(uow: UnitOfWork, t: SweepTimings) -> int:
         select(nodes.c.node_id, nodes.c.health, nodes.c.last_heartbeat_us)
     ).all():
         age_s = (uow.now_us - (row.last_heartbeat_us or 0)) / 1_000_000
-        new = health_for(age_s, t)
+        new = health_for(age_s, t.heartbeat_interval_s, t.heartbeat_timeout_s)
         if new.value == row.health:
             continue
         # only heartbeats (and registration) make a node healthy again

@@ -1,18 +1,104 @@
-"""Trust and health bookkeeping inside the commands' transactions (filled in with the trust
-model: completions raise a node's score, failures and lease expiries lower it)."""
+"""Trust bookkeeping inside the commands' transactions: the pure model
+(``control_plane.trust.model``) folds each outcome into the node's score, and a change worth
+reporting is appended as ``trust.score.changed`` in the same transaction."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import select, update
+
+from control_plane.db.tables import nodes
 from control_plane.db.uow import UnitOfWork
+from control_plane.eventlog.store import append
+from control_plane.ids import new_id
+from control_plane.trust.model import TrustChange, TrustParams, TrustState, apply, tick
 from shared.enums import NodeHealth
-from shared.events import EventType
+from shared.events import EventType, NewEvent, TrustScoreChanged
+
+PARAMS = TrustParams()
+
+
+def _load(uow: UnitOfWork, node_id: str) -> TrustState | None:
+    row = uow.conn.execute(
+        select(
+            nodes.c.trust,
+            nodes.c.quarantined,
+            nodes.c.trust_reported,
+            nodes.c.quarantined_at_us,
+            nodes.c.on_probation,
+        ).where(nodes.c.node_id == node_id)
+    ).first()
+    if row is None:
+        return None
+    return TrustState(
+        score=float(row.trust),
+        quarantined=bool(row.quarantined),
+        reported=float(row.trust_reported) if row.trust_reported is not None else None,
+        quarantined_at=row.quarantined_at_us / 1e6 if row.quarantined_at_us else None,
+        on_probation=bool(row.on_probation),
+    )
+
+
+def _store(
+    uow: UnitOfWork, node_id: str, old: TrustState, new: TrustState, change: TrustChange | None
+) -> None:
+    uow.conn.execute(
+        update(nodes)
+        .where(nodes.c.node_id == node_id)
+        .values(
+            trust=new.score,
+            quarantined=new.quarantined,
+            trust_reported=new.reported,
+            quarantined_at_us=int(new.quarantined_at * 1e6) if new.quarantined_at else None,
+            on_probation=new.on_probation,
+        )
+    )
+    if change is not None:
+        append(
+            uow,
+            [
+                NewEvent(
+                    event_id=new_id("evt"),
+                    type=EventType.TRUST_SCORE_CHANGED,
+                    stream_id=node_id,
+                    payload=TrustScoreChanged.model_validate(change.payload(node_id)),
+                )
+            ],
+        )
+    if old.quarantined != new.quarantined:
+        uow.wake("queue")
+
+
+def _fold(uow: UnitOfWork, node_id: str, event_type: str, payload: dict[str, Any]) -> None:
+    old = _load(uow, node_id)
+    if old is None:
+        return
+    new, change = apply(old, event_type, payload, PARAMS, uow.now_us / 1e6)
+    _store(uow, node_id, old, new, change)
 
 
 def record_outcome(uow: UnitOfWork, node_id: str | None, outcome: EventType) -> None:
-    """Fold one outcome into the node's trust score (appends trust.score.changed if it moves)."""
-    return None
+    """Fold one outcome (completed, failed, lease expired) into the node's trust score."""
+    if node_id:
+        _fold(uow, node_id, outcome.value, {"node_id": node_id})
 
 
 def apply_health(uow: UnitOfWork, node_id: str, health: NodeHealth) -> None:
     """Fold a health change into the node's trust score."""
-    return None
+    _fold(uow, node_id, EventType.NODE_HEALTH_CHANGED.value, {"node_id": node_id, "to": health})
+
+
+def release_probation(uow: UnitOfWork) -> int:
+    """Let quarantined nodes that sat out their probation back in (a sweep step)."""
+    released = 0
+    for (node_id,) in uow.conn.execute(
+        select(nodes.c.node_id).where(nodes.c.quarantined.is_(True))
+    ).all():
+        old = _load(uow, node_id)
+        assert old is not None
+        new, change = tick(old, uow.now_us / 1e6, PARAMS)
+        if new != old:
+            _store(uow, node_id, old, new, change)
+            released += int(not new.quarantined)
+    return released

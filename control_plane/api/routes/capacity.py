@@ -6,11 +6,11 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.api.deps import Admin, DbDep, TenantOrAdmin
+from control_plane.api.errors import responses
 from control_plane.scheduler import capacity
-from shared.wire import CapacityModeRequest, CapacityReport, Problem
+from shared.wire import CapacityModeRequest, CapacityReport
 
 router = APIRouter(prefix="/v1/capacity", tags=["capacity"])
-E = {401: {"model": Problem}, 403: {"model": Problem}}
 
 
 @router.get(
@@ -19,7 +19,7 @@ E = {401: {"model": Problem}, 403: {"model": Problem}}
     summary="Capacity and admission mode",
     description="The mode in force (OPEN, THROTTLED, CRITICAL), healthy and desired nodes, "
     "queue depth by priority, running units, utilization and the last autoscaler decision.",
-    responses=E,
+    responses=responses(401, 403),
 )
 async def get_capacity(_: TenantOrAdmin, db: DbDep) -> CapacityReport:
     def load() -> CapacityReport:
@@ -36,7 +36,7 @@ async def get_capacity(_: TenantOrAdmin, db: DbDep) -> CapacityReport:
     description="A manual override, itself an event. It holds for ttl_s, or until DELETE; "
     "while it holds the autoscaler does not change the mode. Setting the mode already in "
     "force appends no event and leaves any override as it was.",
-    responses={**E, 422: {"model": Problem}},
+    responses=responses(401, 403, 422),
 )
 async def put_mode(body: CapacityModeRequest, _: Admin, db: DbDep) -> CapacityReport:
     await run_in_threadpool(capacity.set_override, db, body.mode, body.reason, body.ttl_s)
@@ -49,7 +49,7 @@ async def put_mode(body: CapacityModeRequest, _: Admin, db: DbDep) -> CapacityRe
     operation_id="clear_capacity_mode",
     summary="End a manual override (admin)",
     description="The autoscaler decides the mode again at its next tick.",
-    responses=E,
+    responses=responses(401, 403),
 )
 async def delete_mode(_: Admin, db: DbDep) -> Response:
     await run_in_threadpool(capacity.clear_override, db, "cleared by admin")

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.api.deps import DbDep, NotifierDep, TenantOrAdmin
+from control_plane.api.errors import responses
 from control_plane.api.pagination import MAX_LIMIT
 from control_plane.eventlog.store import read_after
 from control_plane.eventlog.wait import wait_for
 from shared.events import EventType
-from shared.wire import MAX_WAIT_S, EventsPage, Problem
+from shared.wire import MAX_WAIT_S, EventsPage
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -25,7 +26,7 @@ router = APIRouter(prefix="/v1/events", tags=["events"])
     description="Events with seq > after, in order. With wait_s the request is held until an "
     "event past 'after' exists (a tenant wakes only for its own events). last_seq is the seq "
     "of the last event returned (after when none): pass it as the next 'after'.",
-    responses={401: {"model": Problem}, 403: {"model": Problem}, 422: {"model": Problem}},
+    responses=responses(401, 403, 422),
 )
 async def list_events(
     p: TenantOrAdmin,

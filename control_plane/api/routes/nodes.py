@@ -21,6 +21,7 @@ from control_plane.api.deps import (
     SettingsDep,
     node_path_guard,
 )
+from control_plane.api.errors import responses
 from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.scheduler import claims, nodes, queries
 from shared.wire import (
@@ -32,13 +33,10 @@ from shared.wire import (
     Page,
     PollReply,
     PollRequest,
-    Problem,
 )
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 
-E = {401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}}
-E422 = {422: {"model": Problem}}
 
 # Without a wake-up (another process on SQLite, a lost NOTIFY) a waiting poll re-checks this
 # often; wake-ups make it return at once.
@@ -52,7 +50,7 @@ POLL_RECHECK_S = 5.0
     summary="Register a node (join token)",
     description="Registers a node with the join token, or re-registers it: the same node_id "
     "again gets a fresh token (an agent restart) and the old token stops working.",
-    responses={**E, **E422},
+    responses=responses(401, 403, 404, 422),
 )
 async def register(
     body: NodeRegister, _: JoinToken, request: Request, db: DbDep, ctx: CtxDep, s: SettingsDep
@@ -74,7 +72,7 @@ async def register(
     summary="Heartbeat (node)",
     description="Marks the node alive and renews the leases of the units it holds; "
     "'revoked' lists units it reports running that are no longer its own: stop them.",
-    responses={**E, **E422},
+    responses=responses(401, 403, 404, 422),
 )
 async def heartbeat(
     node_id: str, body: HeartbeatRequest, p: NodeP, db: DbDep, s: SettingsDep
@@ -97,7 +95,7 @@ async def _disconnected(request: Request) -> None:
     description="Returns as soon as a unit is offered to this node, or empty when wait_s "
     "runs out. With claim=true the units are claimed in the same step and returned as "
     "claims (the fast path: one request per batch).",
-    responses={**E, **E422},
+    responses=responses(401, 403, 404, 422),
 )
 async def poll(
     node_id: str,
@@ -149,7 +147,7 @@ async def poll(
     summary="Drain a node (admin)",
     description="No new placements on the node; its offers not yet claimed go back to the "
     "queue; what it runs finishes.",
-    responses={**E},
+    responses=responses(401, 403, 404),
 )
 async def drain(node_id: str, _: Admin, db: DbDep) -> Node:
     await run_in_threadpool(nodes.drain, db, node_id)
@@ -166,7 +164,7 @@ async def drain(node_id: str, _: Admin, db: DbDep) -> Node:
     operation_id="list_nodes",
     summary="List nodes (admin)",
     description="The node registry, paginated by cursor.",
-    responses={**E, **E422},
+    responses=responses(401, 403, 404, 422),
 )
 async def list_nodes(
     _: Admin,
@@ -194,7 +192,7 @@ async def list_nodes(
     operation_id="get_node",
     summary="Read a node (admin)",
     description="One node of the registry.",
-    responses={**E},
+    responses=responses(401, 403, 404),
 )
 async def get_node(node_id: str, _: Admin, db: DbDep) -> Node:
     def load() -> Node:

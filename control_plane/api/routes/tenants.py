@@ -6,9 +6,10 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.api.deps import Admin, DbDep, TenantP
+from control_plane.api.errors import responses
 from control_plane.errors import NotFound
 from control_plane.scheduler.tenants import create_tenant, get_tenant, set_limits
-from shared.wire import Problem, Tenant, TenantCreate, TenantCreated, TenantLimits
+from shared.wire import Tenant, TenantCreate, TenantCreated, TenantLimits
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
     operation_id="create_tenant",
     summary="Create a tenant",
     description="Creates a tenant and returns its API key once (stored only as a hash).",
-    responses={401: {"model": Problem}, 403: {"model": Problem}, 422: {"model": Problem}},
+    responses=responses(401, 403, 422),
 )
 async def create(body: TenantCreate, _: Admin, db: DbDep) -> TenantCreated:
     record, key = await run_in_threadpool(create_tenant, db, body.name)
@@ -31,7 +32,7 @@ async def create(body: TenantCreate, _: Admin, db: DbDep) -> TenantCreated:
     operation_id="get_current_tenant",
     summary="The calling tenant",
     description="Returns the tenant that owns the API key.",
-    responses={401: {"model": Problem}, 403: {"model": Problem}},
+    responses=responses(401, 403),
 )
 async def me(p: TenantP, db: DbDep) -> Tenant:
     assert p.tenant_id is not None
@@ -54,7 +55,7 @@ async def me(p: TenantP, db: DbDep) -> Tenant:
     summary="Set a tenant's limits",
     description="Max running units and a submission rate limit (token bucket), enforced "
     "across all replicas. Null removes a limit. Each change is a tenant.limits.changed event.",
-    responses={401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}},
+    responses=responses(401, 403, 404),
 )
 async def put_limits(tenant_id: str, body: TenantLimits, _: Admin, db: DbDep) -> Response:
     await run_in_threadpool(

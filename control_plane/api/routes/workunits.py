@@ -18,7 +18,7 @@ from control_plane.api.deps import (
     TenantOrAdmin,
     TenantP,
 )
-from control_plane.api.errors import error_problem
+from control_plane.api.errors import error_problem, responses
 from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.errors import BadRequest, KrakoError
 from control_plane.eventlog.wait import wait_for
@@ -44,11 +44,6 @@ from shared.wire import (
 
 router = APIRouter(prefix="/v1/workunits", tags=["workunits"])
 
-E401_403 = {401: {"model": Problem}, 403: {"model": Problem}}
-E404 = {404: {"model": Problem}}
-E409 = {409: {"model": Problem}}
-E422 = {422: {"model": Problem}}
-
 
 def _idem_key(value: str | None) -> str | None:
     if value is None:
@@ -69,11 +64,7 @@ def _idem_key(value: str | None) -> str | None:
     "Refused by admission: 429 admission_rejected with Retry-After.",
     responses={
         200: {"model": WorkUnit, "description": "Idempotent repeat"},
-        **E401_403,
-        402: {"model": Problem},
-        409: {"model": Problem},
-        422: {"model": Problem},
-        429: {"model": Problem},
+        **responses(401, 402, 403, 409, 413, 422, 429),
     },
 )
 async def submit(
@@ -100,7 +91,7 @@ async def submit(
     summary="Submit up to 1000 work units",
     description="One transaction; each result carries the HTTP status that unit alone would "
     "get, and the unit or the problem, in the order of the request.",
-    responses={**E401_403, **E422},
+    responses=responses(401, 403, 413, 422),
 )
 async def submit_batch(body: BatchSubmit, p: TenantP, db: DbDep, ctx: CtxDep) -> BatchReply:
     assert p.tenant_id is not None
@@ -127,7 +118,7 @@ async def submit_batch(body: BatchSubmit, p: TenantP, db: DbDep, ctx: CtxDep) ->
     operation_id="list_work_units",
     summary="List work units",
     description="A tenant sees its own units; the admin sees all. Paginated by cursor.",
-    responses={**E401_403, **E422},
+    responses=responses(401, 403, 413, 422),
 )
 async def list_units(
     p: TenantOrAdmin,
@@ -161,7 +152,7 @@ async def list_units(
     summary="Read a work unit",
     description="With wait_s (0-30) the request is held until the unit is terminal or the "
     "wait runs out. Another tenant's unit is 404.",
-    responses={**E401_403, **E404, **E422},
+    responses=responses(401, 403, 404, 422),
 )
 async def get_unit(
     unit_id: str,
@@ -192,7 +183,7 @@ async def get_unit(
     operation_id="get_work_unit_events",
     summary="A unit's events",
     description="Every event of the unit, in log order.",
-    responses={**E401_403, **E404},
+    responses=responses(401, 403, 404),
 )
 async def unit_events(unit_id: str, p: TenantOrAdmin, db: DbDep) -> WorkUnitEvents:
     def load() -> WorkUnitEvents:
@@ -208,7 +199,7 @@ async def unit_events(unit_id: str, p: TenantOrAdmin, db: DbDep) -> WorkUnitEven
     summary="Cancel a work unit",
     description="Cancels a unit that is not terminal (409 already_terminal otherwise). A node "
     "holding it is told 'revoked' at its next heartbeat and its reports become stale.",
-    responses={**E401_403, **E404, **E409},
+    responses=responses(401, 403, 404, 409),
 )
 async def cancel(unit_id: str, p: TenantOrAdmin, db: DbDep, ctx: CtxDep) -> WorkUnit:
     by = f"tenant:{p.tenant_id}" if p.tenant_id else "admin"
@@ -222,7 +213,7 @@ async def cancel(unit_id: str, p: TenantOrAdmin, db: DbDep, ctx: CtxDep) -> Work
     description="Only a node the unit was offered to, only for the current attempt, only "
     "once. The loser of a race it was offered to gets 409 already_claimed; any other node "
     "409 not_claimable. Asking again for a claim the node already holds returns it again.",
-    responses={**E401_403, **E404, **E409, **E422},
+    responses=responses(401, 403, 404, 409, 422),
 )
 async def claim(
     unit_id: str, body: ClaimRequest, p: NodeP, db: DbDep, settings: SettingsDep
@@ -242,15 +233,16 @@ async def claim(
     "its own price; the agent's estimated_cost_usd is telemetry only. The same invocation_id "
     "again: 200 and no new event. Under a stale claim: 409 stale_claim, and the spend is "
     "kept as platform cost (never billed to the tenant).",
-    responses={200: {"model": LlmInvocationAccepted}, **E401_403, **E404, **E409, **E422},
+    responses={
+        200: {"model": LlmInvocationAccepted, "description": "Repeat"},
+        **responses(401, 403, 404, 409, 422),
+    },
 )
 async def llm_invocation(
     unit_id: str, body: LlmInvocationReport, p: NodeP, db: DbDep, response: Response
 ) -> LlmInvocationAccepted:
     assert p.node_id is not None
-    status, reply = await run_in_threadpool(
-        claims.record_invocation, db, p.node_id, unit_id, body
-    )
+    status, reply = await run_in_threadpool(claims.record_invocation, db, p.node_id, unit_id, body)
     response.status_code = status
     return reply
 
@@ -261,7 +253,7 @@ async def llm_invocation(
     summary="Report completion (node)",
     description="The same completion again: 200 and no new event. A claim token that is not "
     "the unit's current claim: 409 stale_claim.",
-    responses={**E401_403, **E404, **E409, **E422},
+    responses=responses(401, 403, 404, 409, 422),
 )
 async def complete(
     unit_id: str, body: CompleteRequest, p: NodeP, db: DbDep, ctx: CtxDep
@@ -276,7 +268,7 @@ async def complete(
     summary="Report failure (node)",
     description="Requeued with attempt + 1 while attempts remain and retryable; otherwise the "
     "unit is failed.",
-    responses={**E401_403, **E404, **E409, **E422},
+    responses=responses(401, 403, 404, 409, 422),
 )
 async def fail(unit_id: str, body: FailRequest, p: NodeP, db: DbDep, ctx: CtxDep) -> WorkUnit:
     assert p.node_id is not None

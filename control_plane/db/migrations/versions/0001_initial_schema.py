@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 18:59:47.401213
+Create Date: 2026-11-27 19:00:45.687873
 """
 
 from alembic import op
@@ -116,6 +116,8 @@ def upgrade() -> None:
     sa.Column('trust', sa.Float(), server_default='0.8', nullable=False),
     sa.Column('quarantined', sa.Boolean(), server_default='0', nullable=False),
     sa.Column('quarantined_at_us', sa.BigInteger(), nullable=True),
+    sa.Column('trust_reported', sa.Float(), nullable=True),
+    sa.Column('on_probation', sa.Boolean(), server_default='0', nullable=False),
     sa.Column('drained', sa.Boolean(), server_default='0', nullable=False),
     sa.Column('load', sa.Float(), nullable=True),
     sa.Column('last_heartbeat_us', sa.BigInteger(), nullable=True),
