@@ -27,6 +27,7 @@ Results are sorted by ``(kind, source_event_id, work_unit_id, detail)`` so the r
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable
 from decimal import Decimal
@@ -45,19 +46,6 @@ from control_plane.billing.rules import (
 from shared.events import Event, EventType
 from shared.money import ZERO, format_usd
 from shared.wire import Anomaly, LedgerEntry
-
-_COMPARED_FIELDS = (
-    "entry_id",
-    "source_seq",
-    "tenant_id",
-    "work_unit_id",
-    "execution_session_id",
-    "quantity",
-    "unit",
-    "pricing",
-    "amount_usd",
-    "recorded_at",
-)
 
 
 def _describe(key: LineKey) -> str:
@@ -112,11 +100,11 @@ def _amount_problem(line: LedgerLine | LedgerEntry) -> str | None:
 
 
 def _differences(actual: LedgerLine | LedgerEntry, expected: LedgerLine) -> list[str]:
-    if canonical_line(actual) == canonical_line(expected):
+    got, wanted = canonical_line(actual), canonical_line(expected)
+    if got == wanted:
         return []
-    wanted = expected.to_entry()
-    got = actual if isinstance(actual, LedgerEntry) else actual.to_entry()
-    return [name for name in _COMPARED_FIELDS if getattr(got, name) != getattr(wanted, name)]
+    got_fields, wanted_fields = json.loads(got), json.loads(wanted)
+    return sorted(name for name in wanted_fields if got_fields.get(name) != wanted_fields[name])
 
 
 def find_anomalies(

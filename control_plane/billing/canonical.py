@@ -12,7 +12,9 @@ bytes. The format:
   ``recorded_at``.
 - A wallet line has ``tenant_id``, ``as_of_seq`` (integer), ``totals`` (``{"llm_tokens",
   "workunit_cpu"}``) and ``total_usd``.
-- Money is a string with exactly 6 decimals (``"0.000062"``); a ``Decimal`` elsewhere (a rate)
+- Money is a string with exactly 6 decimals (``"0.000062"``; an amount with more places, which
+  no valid line has, is written exactly rather than rounded, so it shows in the digest); a
+  ``Decimal`` elsewhere (a rate)
   is its shortest exact string (``"0.00005"``); floats are refused (``TypeError``).
 - Datetimes are RFC 3339 in UTC with microseconds and ``Z``: ``"2026-11-27T12:00:00.000000Z"``
   (naive datetimes are taken to be UTC).
@@ -71,6 +73,13 @@ def _value(value: object) -> object:
     raise TypeError(f"no canonical form for {type(value).__name__}: {value!r}")
 
 
+def _money(amount: Decimal) -> str:
+    """Exactly 6 decimals; an amount that 6 decimals cannot hold (a bug) is written exactly,
+    so that it changes the digest instead of being rounded out of sight."""
+    text = format_usd(amount)
+    return text if Decimal(text) == amount else format(amount, "f")
+
+
 def _dumps(obj: Mapping[str, object]) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -89,7 +98,7 @@ def canonical_line(line: AnyLine) -> str:
             "quantity": line.quantity,
             "unit": line.unit,
             "pricing": _value(line.pricing),
-            "amount_usd": format_usd(line.amount_usd),
+            "amount_usd": _money(line.amount_usd),
             "recorded_at": rfc3339(line.recorded_at),
         }
     )
@@ -103,8 +112,8 @@ def canonical_wallet(wallet: AnyWallet) -> str:
         {
             "tenant_id": wallet.tenant_id,
             "as_of_seq": int(wallet.as_of_seq),
-            "totals": {kind.value: format_usd(amount) for kind, amount in wallet.totals.items()},
-            "total_usd": format_usd(wallet.total_usd),
+            "totals": {kind.value: _money(amount) for kind, amount in wallet.totals.items()},
+            "total_usd": _money(wallet.total_usd),
         }
     )
 
