@@ -167,12 +167,13 @@ def test_the_table_can_be_rebuilt_from_its_change_events() -> None:
 
 def test_malformed_price_events_leave_the_table_unchanged() -> None:
     table = default_price_table()
-    for payload in (
+    payloads: list[dict[str, object]] = [
         {"model": "m", "usd_per_1m_in": 0.1, "usd_per_1m_out": "1", "price_version": 2},
         {"model": "", "usd_per_1m_in": "1", "usd_per_1m_out": "1", "price_version": 2},
         {"model": "m", "usd_per_1m_in": "1", "usd_per_1m_out": "1", "price_version": "2"},
         {"model": "m", "usd_per_1m_in": "1", "price_version": 2},
-    ):
+    ]
+    for payload in payloads:
         assert apply_price_event(table, _event(1, "billing.price.changed", payload)) == table
 
 
