@@ -1,0 +1,45 @@
+"""Fixtures for the node agent tests: clean environment, fast settings, a fake control plane."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node_agent.settings import AgentSettings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No KRAKO_*/OPENAI_* variables (or .env) from the outside leak into a test."""
+    for name in list(os.environ):
+        if name.startswith(("KRAKO_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., AgentSettings]:
+    """Settings with fast timings, a private state dir and no .env file."""
+
+    def build(**overrides: Any) -> AgentSettings:
+        values: dict[str, Any] = {
+            "control_plane_url": "http://cp.test",
+            "node_join_token": "join-secret",
+            "agent_state_dir": tmp_path / "state",
+            "poll_wait_s": 0.2,
+            "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.05,
+            "shutdown_grace_s": 2.0,
+            "report_grace_s": 1.0,
+            "http_timeout_s": 2.0,
+            "log_level": "DEBUG",
+        }
+        values.update(overrides)
+        return AgentSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
