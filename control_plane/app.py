@@ -13,8 +13,9 @@ from fastapi import FastAPI
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimitMiddleware
 from control_plane.api.deps import AuthCache
-from control_plane.api.routes import capacity, events, nodes, ops, tenants, workunits
+from control_plane.api.routes import billing, capacity, events, nodes, ops, tenants, workunits
 from control_plane.billing.stamps import ensure_billing
+from control_plane.billing.store import catch_up
 from control_plane.db.engine import Database, create_database
 from control_plane.db.migrate import upgrade
 from control_plane.db.uow import set_publisher, write_transaction
@@ -76,6 +77,7 @@ def background_loops(app: FastAPI) -> list[Loop]:
     )
     return [
         Loop("sweep", settings.lease_reaper_interval_s, lambda: sweep(db, ctx, timings)),
+        Loop("billing", 0.5, lambda: catch_up(db)),
     ]
 
 
@@ -121,6 +123,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.scheduler_ctx = scheduler_context(settings)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    for module in (tenants, workunits, nodes, events, capacity, ops):
+    for module in (tenants, workunits, nodes, events, billing, capacity, ops):
         app.include_router(module.router)
     return app

@@ -16,7 +16,7 @@ from shared.enums import (
     WorkUnitStatus,
 )
 from shared.events import Event
-from shared.money import Money
+from shared.money import Money, Rate
 
 T = TypeVar("T")
 
@@ -195,7 +195,9 @@ class BatchReply(Wire):
     results: list[BatchResult]
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"results": [{"status": 201, "work_unit": WORKUNIT_EXAMPLE}]}]}
+        json_schema_extra={
+            "examples": [{"results": [{"status": 201, "work_unit": WORKUNIT_EXAMPLE}]}]
+        }
     )
 
 
@@ -292,7 +294,9 @@ class CompleteRequest(StrictWire):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"claim_token": "wu_01JC4X9W.1.c3f1…", "result": {"ok": True}, "cpu_ms": 12}]
+            "examples": [
+                {"claim_token": "wu_01JC4X9W.1.c3f1…", "result": {"ok": True}, "cpu_ms": 12}
+            ]
         },
     )
 
@@ -307,9 +311,7 @@ class FailRequest(StrictWire):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [
-                {"claim_token": "wu_01JC4X9W.1.c3f1…", "error": "boom", "retryable": True}
-            ]
+            "examples": [{"claim_token": "wu_01JC4X9W.1.c3f1…", "error": "boom", "retryable": True}]
         },
     )
 
@@ -372,7 +374,9 @@ class HeartbeatRequest(StrictWire):
     load: float | None = Field(default=None, ge=0)
     free_slots: int | None = Field(default=None, ge=0)
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"running": ["wu_1"]}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"running": ["wu_1"]}]}
+    )
 
 
 class HeartbeatReply(Wire):
@@ -545,3 +549,40 @@ class TenantLimits(StrictWire):
             "examples": [{"max_running": 50, "submit_rate_per_s": 100, "submit_burst": 200}]
         },
     )
+
+
+class ModelPriceRequest(StrictWire):
+    """A model's token rates (USD per one million tokens), as decimal strings."""
+
+    usd_per_1m_in: Rate
+    usd_per_1m_out: Rate
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"usd_per_1m_in": "0.15", "usd_per_1m_out": "0.60"}]},
+    )
+
+
+class PriceTableReply(Wire):
+    """The control plane's price table in force."""
+
+    price_version: int
+    usd_per_cpu_s: str
+    models: dict[str, dict[str, str]]
+
+
+class BudgetRequest(StrictWire):
+    """A tenant's budget in USD (null removes it)."""
+
+    budget_usd: Money | None
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"budget_usd": "5.000000"}]}
+    )
+
+
+class BudgetReply(Wire):
+    tenant_id: str
+    budget_usd: Money | None
+    spent_usd: Money
+    committed_usd: Money

@@ -242,7 +242,8 @@ ledger_entries = Table(
     Column("pricing", Text, nullable=False),
     Column("amount_micros", BigInteger, nullable=False),
     Column("recorded_at_us", BigInteger, nullable=False),
-    UniqueConstraint("source_event_id", "line_item_type", name="uq_ledger_source"),
+    Column("sub_key", String(32), nullable=False, server_default=""),
+    UniqueConstraint("source_event_id", "line_item_type", "sub_key", name="uq_ledger_source"),
 )
 Index("ix_ledger_tenant_seq", ledger_entries.c.tenant_id, ledger_entries.c.source_seq)
 Index("ix_ledger_seq", ledger_entries.c.source_seq)

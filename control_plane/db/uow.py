@@ -91,11 +91,13 @@ def write_transaction(db: Database) -> Iterator[UnitOfWork]:
                 conn.execute(_PG_NOTIFY, {"topics": " ".join(sorted(uow.wakeups))[:7900]})
         _publish(db, uow.wakeups)
         return
-    with db.sqlite_write_lock:
-        with db.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
-            with conn.begin():
-                uow = UnitOfWork(conn, local_now_us(), False)
-                yield uow
+    with (
+        db.sqlite_write_lock,
+        db.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn,
+        conn.begin(),
+    ):
+        uow = UnitOfWork(conn, local_now_us(), False)
+        yield uow
     _publish(db, uow.wakeups)
 
 

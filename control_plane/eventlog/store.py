@@ -125,9 +125,12 @@ def read_after(
     types: Iterable[str] | None = None,
     tenant_id: str | None = None,
     stream_id: str | None = None,
+    before: int | None = None,
 ) -> list[Event]:
-    """Events with ``seq > after`` in seq order, optionally filtered."""
+    """Events with ``after < seq`` (and ``seq < before`` when given) in seq order, filtered."""
     query = select(events).where(events.c.seq > after)
+    if before is not None:
+        query = query.where(events.c.seq < before)
     if types is not None:
         type_list = list(types)
         query = query.where(events.c.type.in_(type_list))

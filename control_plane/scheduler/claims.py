@@ -361,9 +361,8 @@ def fail(
 ) -> WorkUnit:
     with write_transaction(db) as uow:
         row = load_unit(uow.conn, unit_id)
-        if row is not None and row.claim_token == body.claim_token and row.node_id == node_id:
-            if row.status == WorkUnitStatus.FAILED.value:
-                return to_work_unit(row)
+        if row is not None and _is_repeat(row, node_id, body.claim_token, WorkUnitStatus.FAILED):
+            return to_work_unit(row)
         if row is not None and _failed_attempt_repeat(uow, row, node_id, body.claim_token):
             return to_work_unit(row)
         row = _current_claim(uow, unit_id, node_id, body.claim_token)

@@ -41,6 +41,7 @@ from shared.events import EventType, NewEvent, WorkUnitCancelled, WorkUnitSubmit
 from shared.wire import BatchItem, WorkUnit, WorkUnitSubmit
 
 BudgetHook = Callable[[UnitOfWork, str, Sequence["Accepted"]], None]
+RefusalHook = Callable[[UnitOfWork, str, KrakoError], None]
 
 
 @dataclass
@@ -120,11 +121,11 @@ def submit(
     ctx: SchedulerContext,
     tenant_id: str,
     items: Sequence[tuple[WorkUnitSubmit | KrakoError, str | None]],
-    budget_hook: BudgetHook | None = None,
+    budget: tuple[BudgetHook, RefusalHook] | None = None,
 ) -> list[Outcome]:
     """Submit units in one transaction; each item gets its own outcome, in order."""
     with write_transaction(db) as uow:
-        outcomes = _submit(uow, ctx, tenant_id, items, budget_hook)
+        outcomes = _submit(uow, ctx, tenant_id, items, budget)
     return outcomes
 
 
@@ -133,7 +134,7 @@ def _submit(
     ctx: SchedulerContext,
     tenant_id: str,
     items: Sequence[tuple[WorkUnitSubmit | KrakoError, str | None]],
-    budget_hook: BudgetHook | None,
+    budget: tuple[BudgetHook, RefusalHook] | None,
 ) -> list[Outcome]:
     conn = uow.conn
     outcomes: list[Outcome | None] = [None] * len(items)
@@ -141,8 +142,9 @@ def _submit(
     existing: dict[str, Any] = {}
     if keys:
         for row in conn.execute(
-            select(*WORK_UNIT_COLUMNS, work_units.c.idempotency_key, work_units.c.request_hash)
-            .where(work_units.c.tenant_id == tenant_id, work_units.c.idempotency_key.in_(keys))
+            select(
+                *WORK_UNIT_COLUMNS, work_units.c.idempotency_key, work_units.c.request_hash
+            ).where(work_units.c.tenant_id == tenant_id, work_units.c.idempotency_key.in_(keys))
         ):
             existing[row.idempotency_key] = row
 
@@ -188,8 +190,17 @@ def _submit(
 
     fresh = _dedupe([a for _, a in accepted])
     fresh = _rate_limit(uow, tenant_id, fresh, accepted, outcomes)
-    if budget_hook is not None and fresh:
-        budget_hook(uow, tenant_id, fresh)
+    if budget is not None and fresh:
+        check, refuse = budget
+        try:
+            check(uow, tenant_id, fresh)
+        except KrakoError as exc:
+            refuse(uow, tenant_id, exc)
+            refused = {a.id for a in fresh}
+            for i, acc in accepted:
+                if acc.id in refused and outcomes[i] is None:
+                    outcomes[i] = Outcome(exc.status, error=exc)
+            fresh = []
     stored: dict[str, WorkUnit] = {}
     if fresh:
         _insert(uow, tenant_id, fresh)
@@ -336,7 +347,9 @@ def _insert(uow: UnitOfWork, tenant_id: str, fresh: list[Accepted]) -> None:
     )
 
 
-def cancel(db: Database, ctx: SchedulerContext, unit_id: str, tenant_id: str | None, by: str) -> WorkUnit:
+def cancel(
+    db: Database, ctx: SchedulerContext, unit_id: str, tenant_id: str | None, by: str
+) -> WorkUnit:
     """Cancel a unit that is not terminal yet (409 ``already_terminal`` otherwise)."""
     with write_transaction(db) as uow:
         row = load_unit(uow.conn, unit_id)
@@ -381,9 +394,7 @@ def release_unit_slot(uow: UnitOfWork, row: Any) -> None:
         adjust_depth(uow, [(queue_key(row.priority, row.tenant_id, row.kind, row.region), -1)])
     elif status in (WorkUnitStatus.SCHEDULED, WorkUnitStatus.CLAIMED) and row.node_id:
         uow.conn.execute(
-            update(nodes)
-            .where(nodes.c.node_id == row.node_id)
-            .values(running=nodes.c.running - 1)
+            update(nodes).where(nodes.c.node_id == row.node_id).values(running=nodes.c.running - 1)
         )
         if status is WorkUnitStatus.SCHEDULED:
             uow.conn.execute(offers.delete().where(offers.c.work_unit_id == row.id))

@@ -20,6 +20,7 @@ from control_plane.api.deps import (
 )
 from control_plane.api.errors import error_problem, responses
 from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from control_plane.billing.budget import budget_hook, record_refusal
 from control_plane.errors import BadRequest, KrakoError
 from control_plane.eventlog.wait import wait_for
 from control_plane.scheduler import claims, queries, workunits
@@ -43,6 +44,8 @@ from shared.wire import (
 )
 
 router = APIRouter(prefix="/v1/workunits", tags=["workunits"])
+
+BUDGET = (budget_hook, record_refusal)
 
 
 def _idem_key(value: str | None) -> str | None:
@@ -77,7 +80,9 @@ async def submit(
 ) -> WorkUnit:
     assert p.tenant_id is not None
     key = _idem_key(idempotency_key)
-    [outcome] = await run_in_threadpool(workunits.submit, db, ctx, p.tenant_id, [(body, key)])
+    [outcome] = await run_in_threadpool(
+        workunits.submit, db, ctx, p.tenant_id, [(body, key)], BUDGET
+    )
     if outcome.error is not None:
         raise outcome.error
     assert outcome.unit is not None
@@ -102,7 +107,7 @@ async def submit_batch(body: BatchSubmit, p: TenantP, db: DbDep, ctx: CtxDep) ->
             items.append((item, item.idempotency_key))
         except KrakoError as exc:
             items.append((exc, None))
-    outcomes = await run_in_threadpool(workunits.submit, db, ctx, p.tenant_id, items)
+    outcomes = await run_in_threadpool(workunits.submit, db, ctx, p.tenant_id, items, BUDGET)
     return BatchReply(
         results=[
             BatchResult(status=o.status, work_unit=o.unit)

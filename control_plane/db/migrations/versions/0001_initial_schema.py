@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 19:00:45.687873
+Create Date: 2026-11-27 19:03:46.704621
 """
 
 from alembic import op
@@ -88,8 +88,9 @@ def upgrade() -> None:
     sa.Column('pricing', sa.Text(), nullable=False),
     sa.Column('amount_micros', sa.BigInteger(), nullable=False),
     sa.Column('recorded_at_us', sa.BigInteger(), nullable=False),
+    sa.Column('sub_key', sa.String(length=32), server_default='', nullable=False),
     sa.PrimaryKeyConstraint('entry_id', name=op.f('pk_ledger_entries')),
-    sa.UniqueConstraint('source_event_id', 'line_item_type', name='uq_ledger_source')
+    sa.UniqueConstraint('source_event_id', 'line_item_type', 'sub_key', name='uq_ledger_source')
     )
     with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
         batch_op.create_index('ix_ledger_seq', ['source_seq'], unique=False)

@@ -1,0 +1,279 @@
+"""The billing consumer on the database: folds the log into ``ledger_entries`` and ``wallets``
+with its checkpoint in the same transaction (``eventlog.projection``), using the pure rules
+(``projection.bill_events``). The database refuses a second line for the same key (unique
+``(source_event_id, line_item_type, sub_key)``), so concurrent replicas and re-deliveries never
+bill twice; only lines actually inserted reach the wallets.
+
+It also releases the budget commitments of units that reached a terminal state, in the same
+transaction, so that ``wallet spend + committed`` is exact at every commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, bindparam, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from control_plane.billing.policy import DEFAULT_POLICY, BillingPolicy, fold_policy
+from control_plane.billing.projection import bill_events
+from control_plane.billing.rules import LedgerLine, as_utc
+from control_plane.billing.wallets import WalletState, fold_wallets
+from control_plane.db.engine import Database
+from control_plane.db.tables import events as events_table
+from control_plane.db.tables import ledger_entries, tenants, wallets, work_units
+from control_plane.db.uow import UnitOfWork
+from control_plane.eventlog.checkpoints import get_checkpoint
+from control_plane.eventlog.projection import Projection, run_until_caught_up
+from control_plane.eventlog.store import dt_to_us, read_after, us_to_dt
+from shared.enums import LineItemType
+from shared.events import Event, EventType
+from shared.money import from_micros, to_micros
+from shared.wire import LedgerEntry
+
+CONSUMER = "billing"
+
+_TERMINAL = {
+    EventType.WORKUNIT_COMPLETED.value,
+    EventType.WORKUNIT_CANCELLED.value,
+}
+
+
+def policy_as_of(conn: Connection, seq: int) -> BillingPolicy:
+    policy = DEFAULT_POLICY
+    for event in read_after(
+        conn, 0, 100_000, types=[EventType.BILLING_POLICY_CHANGED.value], before=seq + 1
+    ):
+        policy = fold_policy(policy, event)
+    return policy
+
+
+def _insert_lines(uow: UnitOfWork, lines: Sequence[LedgerLine]) -> list[LedgerLine]:
+    if not lines:
+        return []
+    rows = [
+        {
+            "entry_id": ln.entry_id,
+            "source_event_id": ln.source_event_id,
+            "source_seq": ln.source_seq,
+            "line_item_type": str(ln.line_item_type),
+            "tenant_id": ln.tenant_id,
+            "work_unit_id": ln.work_unit_id,
+            "execution_session_id": ln.execution_session_id,
+            "quantity": ln.quantity,
+            "unit": ln.unit,
+            "pricing": orjson.dumps(dict(ln.pricing), option=orjson.OPT_SORT_KEYS).decode(),
+            "amount_micros": to_micros(ln.amount_usd),
+            "recorded_at_us": dt_to_us(ln.recorded_at),
+            "sub_key": ln.sub_key,
+        }
+        for ln in lines
+    ]
+    ins = pg_insert(ledger_entries) if uow.is_postgres else sqlite_insert(ledger_entries)
+    stmt = ins.on_conflict_do_nothing().returning(ledger_entries.c.entry_id)
+    inserted: set[str] = set()
+    for row in rows:
+        got = uow.conn.execute(stmt, row).scalar()
+        if got is not None:
+            inserted.add(str(got))
+    return [ln for ln in lines if ln.entry_id in inserted]
+
+
+def _load_wallets(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, WalletState]:
+    ids = sorted(set(tenant_ids))
+    if not ids:
+        return {}
+    return {
+        r.tenant_id: WalletState(
+            tenant_id=r.tenant_id,
+            as_of_seq=int(r.as_of_seq),
+            totals={
+                LineItemType.WORKUNIT_CPU: from_micros(r.cpu_micros),
+                LineItemType.LLM_TOKENS: from_micros(r.llm_micros),
+            },
+        )
+        for r in conn.execute(select(wallets).where(wallets.c.tenant_id.in_(ids)))
+    }
+
+
+def _store_wallets(uow: UnitOfWork, changed: dict[str, WalletState], known: set[str]) -> None:
+    for tenant_id, w in sorted(changed.items()):
+        values = {
+            "cpu_micros": to_micros(w.totals[LineItemType.WORKUNIT_CPU]),
+            "llm_micros": to_micros(w.totals[LineItemType.LLM_TOKENS]),
+            "as_of_seq": w.as_of_seq,
+        }
+        if tenant_id in known:
+            uow.conn.execute(
+                update(wallets).where(wallets.c.tenant_id == tenant_id).values(**values)
+            )
+        else:
+            uow.conn.execute(wallets.insert().values(tenant_id=tenant_id, **values))
+
+
+_RELEASE = (
+    update(tenants)
+    .where(tenants.c.tenant_id == bindparam("b_tenant"))
+    .values(committed_micros=tenants.c.committed_micros - bindparam("b_micros"))
+)
+
+
+def _release_commitments(uow: UnitOfWork, events: Sequence[Event]) -> None:
+    """Units that reached a terminal state no longer count against their tenant's budget."""
+    done = [
+        e.stream_id
+        for e in events
+        if e.type in _TERMINAL
+        or (
+            e.type in (EventType.WORKUNIT_FAILED.value, EventType.WORKUNIT_LEASE_EXPIRED.value)
+            and not e.payload.get("requeued", False)
+        )
+    ]
+    if not done:
+        return
+    rows = uow.conn.execute(
+        select(work_units.c.tenant_id, work_units.c.est_cost_micros).where(
+            work_units.c.id.in_(done), work_units.c.est_cost_micros > 0
+        )
+    ).all()
+    per_tenant: dict[str, int] = {}
+    for r in rows:
+        per_tenant[r.tenant_id] = per_tenant.get(r.tenant_id, 0) + int(r.est_cost_micros)
+    if per_tenant:
+        uow.conn.execute(
+            _RELEASE, [{"b_tenant": t, "b_micros": m} for t, m in sorted(per_tenant.items())]
+        )
+
+
+def handle(uow: UnitOfWork, events: Sequence[Event]) -> None:
+    policy = policy_as_of(uow.conn, events[0].seq - 1)
+    batch = bill_events(policy, events)
+    new_lines = _insert_lines(uow, batch.lines)
+    if new_lines:
+        tenants_touched = {ln.tenant_id for ln in new_lines}
+        current = _load_wallets(uow.conn, tenants_touched)
+        folded = fold_wallets(current, new_lines)
+        _store_wallets(uow, {t: folded[t] for t in tenants_touched}, set(current))
+    _release_commitments(uow, events)
+
+
+BILLING_PROJECTION = Projection(CONSUMER, handle)
+
+
+def catch_up(db: Database) -> int:
+    return run_until_caught_up(db, BILLING_PROJECTION)
+
+
+def catch_up_in(uow: UnitOfWork) -> None:
+    """Fold everything up to now inside the caller's transaction (used by budget admission so
+    that spend is exact at the moment of the decision)."""
+    from control_plane.eventlog.checkpoints import set_checkpoint
+
+    while True:
+        after = get_checkpoint(uow.conn, CONSUMER)
+        batch = read_after(uow.conn, after, 1000)
+        if not batch:
+            return
+        handle(uow, batch)
+        set_checkpoint(uow, CONSUMER, batch[-1].seq)
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def _entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=row.entry_id,
+        source_event_id=row.source_event_id,
+        source_seq=int(row.source_seq),
+        line_item_type=LineItemType(row.line_item_type),
+        tenant_id=row.tenant_id,
+        work_unit_id=row.work_unit_id,
+        execution_session_id=row.execution_session_id,
+        quantity=row.quantity,
+        unit=row.unit,
+        pricing=orjson.loads(row.pricing),
+        amount_usd=from_micros(row.amount_micros),
+        recorded_at=us_to_dt(row.recorded_at_us),
+    )
+
+
+def ledger_page(
+    conn: Connection,
+    tenant_id: str | None,
+    after_seq: int,
+    after_key: tuple[int, str] | None,
+    limit: int,
+) -> list[LedgerEntry]:
+    query = select(ledger_entries).where(ledger_entries.c.source_seq > after_seq)
+    if tenant_id is not None:
+        query = query.where(ledger_entries.c.tenant_id == tenant_id)
+    if after_key is not None:
+        query = query.where(
+            tuple_(ledger_entries.c.source_seq, ledger_entries.c.entry_id) > tuple_(*after_key)
+        )
+    query = query.order_by(ledger_entries.c.source_seq, ledger_entries.c.entry_id).limit(limit)
+    return [_entry(r) for r in conn.execute(query)]
+
+
+def all_lines(conn: Connection) -> list[LedgerLine]:
+    rows = conn.execute(
+        select(ledger_entries).order_by(ledger_entries.c.source_seq, ledger_entries.c.entry_id)
+    )
+    return [
+        LedgerLine(
+            entry_id=r.entry_id,
+            source_event_id=r.source_event_id,
+            source_seq=int(r.source_seq),
+            line_item_type=LineItemType(r.line_item_type),
+            tenant_id=r.tenant_id,
+            work_unit_id=r.work_unit_id,
+            execution_session_id=r.execution_session_id,
+            quantity=r.quantity,
+            unit=r.unit,
+            pricing=orjson.loads(r.pricing),
+            amount_usd=from_micros(r.amount_micros),
+            recorded_at=as_utc(us_to_dt(r.recorded_at_us)),
+            sub_key=r.sub_key,
+        )
+        for r in rows
+    ]
+
+
+def all_wallets(conn: Connection) -> dict[str, WalletState]:
+    return _load_wallets(conn, [r.tenant_id for r in conn.execute(select(wallets.c.tenant_id))])
+
+
+def wallet_of(conn: Connection, tenant_id: str) -> WalletState:
+    return _load_wallets(conn, [tenant_id]).get(tenant_id) or WalletState(tenant_id)
+
+
+def spent_micros(conn: Connection, tenant_id: str) -> int:
+    w = wallet_of(conn, tenant_id)
+    return to_micros(w.total_usd)
+
+
+def events_upto(conn: Connection, upto: int) -> Iterable[Event]:
+    """Every event with seq <= upto, streamed in batches (replay reads only the log)."""
+    after = 0
+    while True:
+        batch = read_after(conn, after, 5000, before=upto + 1)
+        if not batch:
+            return
+        yield from batch
+        after = batch[-1].seq
+
+
+def checkpoint(conn: Connection) -> int:
+    return get_checkpoint(conn, CONSUMER)
+
+
+def money(micros: int) -> Decimal:
+    return from_micros(micros)
+
+
+__all__ = ["BILLING_PROJECTION", "catch_up", "events_table"]
