@@ -1,8 +1,9 @@
 """The agent: one poll loop plus two named side tasks, ``heartbeat`` and ``shutdown-watch``.
 
 Life of a unit: a poll with ``claim: true`` and ``max_units`` = free slots claims a batch in
-one request; each claim runs as its own task (at most ``max_concurrency`` at once), bounded by
-its timeout; then its LLM invocations (if any) and its completion or failure are reported.
+one request (with ``--claim-mode explicit`` the poll only returns offers and each is claimed
+with its own request; an offer another node claimed first is logged as ``skipped``); each
+claim runs as its own task (at most ``max_concurrency`` at once), bounded by its timeout; then its LLM invocations (if any) and its completion or failure are reported.
 A unit counts against the slots, and is listed in heartbeats (so its lease is renewed), from
 its claim until its last report is settled.
 
@@ -351,7 +352,11 @@ class Agent:
 
     async def _poll_once(self, max_units: int, backoff: Backoff) -> None:
         assert self.node_id is not None
-        body = PollRequest(max_units=max_units, wait_s=self.settings.poll_wait_s, claim=True)
+        body = PollRequest(
+            max_units=max_units,
+            wait_s=self.settings.poll_wait_s,
+            claim=self.settings.claim_mode == "poll",
+        )
         seen = self._registration
         poll = asyncio.ensure_future(self.client.poll(self.node_id, body))
         stopped = asyncio.ensure_future(self._stop.wait())
@@ -395,7 +400,8 @@ class Agent:
         for claim in reply.claims:
             self._start(claim)
         if reply.assignments:
-            # A control plane that offers instead of claiming: claim each offer ourselves.
+            # Explicit claim mode (or a control plane that offers instead of claiming):
+            # claim each offer ourselves; with fan-out another node may win (skipped).
             await asyncio.gather(*(self._claim_offer(unit) for unit in reply.assignments))
 
     async def _claim_offer(self, unit: WorkUnit) -> None:
@@ -409,7 +415,8 @@ class Agent:
                 unit=unit.id,
             )
         except Conflict as exc:
-            log_event("claim_lost", logging.INFO, unit=unit.id, attempt=unit.attempt, code=exc.code)
+            self.stats["skipped"] += 1
+            log_event("skipped", logging.INFO, unit=unit.id, attempt=unit.attempt, reason=exc.code)
             return
         except RequestRejected as exc:
             log_event(

@@ -40,6 +40,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--handler",), "agent_handlers", "NAME=MODULE:FUNC", repeat=True),
     Flag(("--polls",), "polls", "N", int),
     Flag(("--poll-wait",), "poll_wait_s", "S", float),
+    Flag(("--claim-mode",), "claim_mode", None, choices=("poll", "explicit")),
     Flag(("--unit-timeout",), "unit_timeout_s", "S", float),
     Flag(("--grace-period",), "shutdown_grace_s", "S", float),
     Flag(("--report-grace",), "report_grace_s", "S", float),

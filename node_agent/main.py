@@ -22,9 +22,7 @@ from node_agent.state import NodeState
 EXIT_CONFIG = 2
 
 
-async def run_agent(
-    settings: AgentSettings, *, transport: Transport | None = None
-) -> int:
+async def run_agent(settings: AgentSettings, *, transport: Transport | None = None) -> int:
     """Run one agent until it stops; SIGTERM and SIGINT ask it to stop. Returns the exit code.
 
     ``transport`` replaces the network (tests use ``httpx.MockTransport``).

@@ -74,6 +74,11 @@ class AgentSettings(BaseSettings):
     poll_wait_s: float = Field(
         default=20.0, ge=0, le=MAX_WAIT_S, description="Long-poll hold per poll (0-30 s)."
     )
+    claim_mode: Literal["poll", "explicit"] = Field(
+        default="poll",
+        description="poll: claim in the poll itself (one request per batch); explicit: poll "
+        "for offers, then claim each one (a lost race is logged as skipped).",
+    )
 
     # -- execution
     unit_timeout_s: float = Field(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -30,7 +30,7 @@ class LlmResponse:
     tokens_out: int
     finish_reason: str | None = None
     usage_estimated: bool = False
-    cpu_s: float = 0.0
+    cpu_s: float = field(default=0.0, compare=False)
 
     @property
     def total_tokens(self) -> int:
