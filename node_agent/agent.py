@@ -3,7 +3,8 @@
 Life of a unit: a poll with ``claim: true`` and ``max_units`` = free slots claims a batch in
 one request (with ``--claim-mode explicit`` the poll only returns offers and each is claimed
 with its own request; an offer another node claimed first is logged as ``skipped``); each
-claim runs as its own task (at most ``max_concurrency`` at once), bounded by its timeout; then its LLM invocations (if any) and its completion or failure are reported.
+claim runs as its own task (at most ``max_concurrency`` at once), bounded by its timeout;
+then its LLM invocations (if any) and its completion or failure are reported.
 A unit counts against the slots, and is listed in heartbeats (so its lease is renewed), from
 its claim until its last report is settled.
 
