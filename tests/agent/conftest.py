@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,17 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``main()`` configures logging for a daemon; undo it so other tests keep their handlers."""
+    root, agent = logging.getLogger(), logging.getLogger("krako.agent")
+    handlers, level, agent_level = list(root.handlers), root.level, agent.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    agent.setLevel(agent_level)
 
 
 @pytest.fixture

@@ -1,0 +1,214 @@
+"""``python -m node_agent`` as a real process against the fake control plane served over real
+HTTP (uvicorn in a thread): JSON logs, SIGTERM with a unit running, ``--polls``, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.agent.agent_fakes import FakeControlPlane
+from tests.agent.test_openai_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(60)
+
+
+def asgi(fake: FakeControlPlane) -> Any:
+    """Serve ``fake.handle`` as an ASGI app."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        request = httpx.Request(
+            scope["method"],
+            f"http://cp{scope['path']}",
+            headers=[(k.decode(), v.decode()) for k, v in scope["headers"]],
+            content=body,
+        )
+        response = await fake.handle(request)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.content})
+
+    return app
+
+
+class ServedControlPlane:
+    """A FakeControlPlane on a real port, its loop in a background thread."""
+
+    def __init__(self) -> None:
+        self.fake = FakeControlPlane(heartbeat_interval_s=0.2)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        config = uvicorn.Config(
+            asgi(self.fake), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self.server.serve(),), daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "fake control plane did not start"
+            time.sleep(0.02)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.loop.call_soon_threadsafe(lambda: fn(*args, **kwargs))
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out waiting"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def served() -> Iterator[ServedControlPlane]:
+    cp = ServedControlPlane()
+    yield cp
+    cp.close()
+
+
+def spawn(cp: ServedControlPlane, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KRAKO_", "OPENAI_"))}
+    env["KRAKO_NODE_JOIN_TOKEN"] = "join-secret"  # from the environment, flags for the rest
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "node_agent",
+            "--control-plane",
+            cp.url,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--log-format",
+            "json",
+            "--backoff-initial",
+            "0.05",
+            "--backoff-max",
+            "0.2",
+            *extra,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def log_lines(stderr: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.decode().splitlines() if line.strip()]
+
+
+def test_sigterm_lets_the_running_unit_finish_then_exits_0(
+    served: ServedControlPlane, tmp_path: Path
+) -> None:
+    fake = served.fake
+    for i in range(3):
+        served.call(
+            fake.submit,
+            f"wu_{i}",
+            payload={"handler": "sha256", "args": {"data": "x", "rounds": 10}},
+        )
+    proc = spawn(served, tmp_path, "--poll-wait", "5", "--max-concurrency", "2")
+    try:
+        served.wait(lambda: len(fake.terminal) == 3)
+        served.call(fake.submit, "wu_slow", payload={"handler": "sleep", "args": {"ms": 800}})
+        served.wait(lambda: "wu_slow" in fake.claims)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert fake.completions["wu_slow"][0]["result"] == {"slept_ms": 800}
+    assert all(len(fake.completions[f"wu_{i}"]) == 1 for i in range(3))
+    lines = log_lines(err)
+    events = [line["event"] for line in lines]
+    for expected in ("registered", "claimed", "completed", "shutdown_requested", "stopped"):
+        assert expected in events
+    completed = [line for line in lines if line["event"] == "completed"]
+    assert {line["unit"] for line in completed} == {"wu_0", "wu_1", "wu_2", "wu_slow"}
+    assert events.index("shutdown_requested") < events.index("stopped")
+
+
+def test_polls_flag_exits_by_itself_and_keeps_the_node_id(
+    served: ServedControlPlane, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        proc = spawn(served, tmp_path, "--polls", "2", "--poll-wait", "0.1")
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err.decode()
+    fake = served.fake
+    assert [r["node_id"] for r in fake.registrations] == [None, "node-1"]
+    assert len(fake.polls) == 4
+
+
+def test_waits_for_a_control_plane_that_is_not_up_yet(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KRAKO_", "OPENAI_"))}
+    env.update(
+        {
+            "KRAKO_CONTROL_PLANE_URL": f"http://127.0.0.1:{port}",
+            "KRAKO_NODE_JOIN_TOKEN": "join-secret",
+            "KRAKO_BACKOFF_INITIAL_S": "0.05",
+            "KRAKO_BACKOFF_MAX_S": "0.1",
+            "KRAKO_AGENT_STATE_DIR": str(tmp_path / "s"),
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node_agent"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None  # still alive, waiting
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    text = err.decode()
+    assert "event=waiting_for_control_plane op=register" in text  # key=value by default
+    assert "event=shutdown_requested" in text
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).with_name("krako-agent")
+    if not script.exists():
+        pytest.skip("krako-agent console script not installed in this environment")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    assert "KRAKO_CONTROL_PLANE_URL" in out.stdout and "--join-token" in out.stdout
