@@ -254,7 +254,7 @@ class Fleet:
     def start(self, name: str, args: Sequence[str], env: Mapping[str, str]) -> Proc:
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log:
-            popen = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+            popen = subprocess.Popen(
                 [sys.executable, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -280,10 +280,18 @@ class Fleet:
             proc.popen.wait(timeout=5)
 
     def stop_all(self) -> None:
+        """SIGTERM the agents, then the control plane; a Ctrl-C meanwhile kills the rest."""
         agents = [p for p in self.procs if p.name.startswith("agent")]
         others = [p for p in self.procs if not p.name.startswith("agent")]
-        for proc in agents + others:
-            self.stop(proc)
+        try:
+            for proc in agents + others:
+                self.stop(proc)
+        except KeyboardInterrupt:
+            for proc in self.procs:
+                if proc.alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.popen.kill()
+                    proc.popen.wait(timeout=5)
 
 
 def free_port() -> int:
@@ -744,6 +752,20 @@ def short_time(stamp: str) -> str:
         return stamp
 
 
+def summarize_result(result: Any) -> str:
+    """A short, readable form of a unit's result."""
+    if result is None:
+        return ""
+    if isinstance(result, dict):
+        if "digest" in result:
+            return f"sha256 {str(result['digest'])[:16]}..."
+        if "text" in result:
+            text = " ".join(str(result["text"]).split())
+            return f"{result.get('model', '?')}: {text[:40]!r}"
+        return ", ".join(f"{k}={str(v)[:20]}" for k, v in result.items())[:70]
+    return str(result)[:70]
+
+
 def event_details(e: Json) -> str:
     p: Json = e.get("payload") or {}
     kind = e["type"]
@@ -812,11 +834,7 @@ class Report:
         rows = []
         for unit_id in self.d.unit_ids:
             u = self.d.units.get(unit_id, {})
-            result = u.get("result")
-            if isinstance(result, dict):
-                shown = ", ".join(f"{k}={str(v)[:24]}" for k, v in result.items())[:70]
-            else:
-                shown = "" if result is None else str(result)[:70]
+            shown = summarize_result(u.get("result"))
             if u.get("error"):
                 shown = f"error: {json.dumps(u['error'])[:70]}"
             rows.append(
@@ -878,18 +896,31 @@ class Report:
 
     def claims(self) -> None:
         claimed = [e for e in self.d.events if e["type"] == "workunit.claimed"]
+        placed = {
+            (e["stream_id"], e["payload"].get("attempt")): e["payload"]
+            for e in self.d.events
+            if e["type"] == "workunit.scheduled"
+        }
         self.out.heading(f"Claims ({len(claimed)})")
-        rows = [
-            [
-                str(e["seq"]),
-                self.unit(e["stream_id"]),
-                str(e["payload"].get("node_id")),
-                str(e["payload"].get("attempt")),
-                short_time(str(e["payload"].get("lease_expires_at", ""))),
-            ]
-            for e in claimed
-        ]
-        self.out.table(["seq", "unit", "claimed by", "attempt", "lease until"], rows)
+        rows = []
+        for e in claimed:
+            p = e["payload"]
+            offer = placed.get((e["stream_id"], p.get("attempt")), {})
+            rows.append(
+                [
+                    str(e["seq"]),
+                    self.unit(e["stream_id"]),
+                    str(p.get("attempt")),
+                    str(offer.get("node_id", "?")),
+                    ",".join(offer.get("offered_to") or []) or "?",
+                    str(p.get("node_id")),
+                    short_time(str(p.get("lease_expires_at", ""))),
+                ]
+            )
+        self.out.table(
+            ["seq", "unit", "attempt", "placed on", "offered to", "claimed by", "lease until"],
+            rows,
+        )
         skipped = 0
         for agent, lines in self.d.agent_lines.items():
             for f in lines:
@@ -935,7 +966,7 @@ class Report:
                     str(p.get("latency_ms")),
                     str(p.get("estimated_cost_usd")),
                     str(line["amount_usd"]) if line else "(no ledger line)",
-                    "platform cost (stale claim)" if p.get("stale_claim") else "",
+                    "platform cost (stale claim)" if p.get("stale_claim") else "billed",
                 ]
             )
         self.out.table(
@@ -946,7 +977,7 @@ class Report:
                 "latency ms",
                 "agent estimate $",
                 "billed $",
-                "",
+                "to",
             ],
             rows,
         )
