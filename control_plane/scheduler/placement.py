@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "Placement",
     "PlacementResult",
     "PlacementWeights",
+    "Placer",
     "Streaks",
     "UnitView",
     "place_batch",
@@ -166,6 +167,7 @@ class _Fleet:
         "state_reason",
         "static",
         "trust",
+        "trust_shown",
         "version",
         "weights",
     )
@@ -184,6 +186,7 @@ class _Fleet:
         self.placed = [0] * self.n
         self.version = [0] * self.n
         self.trust = [_clamp01(n.trust) for n in ordered]
+        self.trust_shown = [round(t, 6) for t in self.trust]
         self.load = [None if n.load is None else _clamp01(n.load) for n in ordered]
         self.state_reason = [_state_reason(n) for n in ordered]
         # the part of the score that does not change within a batch
@@ -289,8 +292,145 @@ def _state_reason(node: NodeView) -> str | None:
     return None
 
 
+class Placer:
+    """Places units one at a time on a fleet snapshot: the engine of ``place_batch``, for
+    callers that choose the next unit as they go (``ordering.schedule_pass``).
+
+    ``place`` books a slot and returns the ``Placement``, or None when no node is eligible.
+    ``can_place`` tells, without booking, whether a unit of that kind and region has an
+    eligible node left; ``free_slots`` is what is left on schedulable nodes overall.
+    """
+
+    __slots__ = (
+        "_explain_excluded",
+        "_fanout",
+        "_fleet",
+        "_n_pop",
+        "_pools",
+        "_streaks",
+        "_weights_json",
+        "free_slots",
+    )
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeView],
+        weights: PlacementWeights,
+        fanout: int,
+        streaks: Mapping[str, tuple[str, int]],
+        *,
+        explain_top: int = 10,
+        explain_excluded: int = 10,
+    ) -> None:
+        if fanout < 1:
+            raise ValueError("fanout must be at least 1")
+        if explain_top < 0 or explain_excluded < 0:
+            raise ValueError("explain_top and explain_excluded must not be negative")
+        self._fleet = _Fleet(nodes, weights)
+        self._pools: dict[tuple[str, str | None], _Pool] = {}
+        self._streaks: Streaks = dict(streaks)
+        self._fanout = fanout
+        self._n_pop = max(explain_top, fanout + 1)
+        self._explain_excluded = explain_excluded
+        self._weights_json = weights.as_dict()
+        fleet = self._fleet
+        self.free_slots = sum(
+            fleet.free[i] for i in range(fleet.n) if fleet.state_reason[i] is None
+        )
+
+    @property
+    def streaks(self) -> Streaks:
+        """The streaks as updated by the placements so far (a copy)."""
+        return dict(self._streaks)
+
+    def _pool(self, kind: str, region: str | None) -> _Pool:
+        key = (kind, region)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = _Pool(self._fleet, kind, region, self._explain_excluded)
+            self._pools[key] = pool
+        return pool
+
+    def can_place(self, kind: str, region: str | None) -> bool:
+        """Whether a node is still eligible for a unit of ``kind`` bound to ``region``."""
+        return self.free_slots > 0 and self._pool(kind, region).live > 0
+
+    def place(self, unit: UnitView) -> Placement | None:
+        """Place ``unit`` on the best eligible node (see ``place_batch``), or return None."""
+        fleet = self._fleet
+        pool = self._pool(unit.kind, unit.region)
+        heap = pool.heap
+        if pool.live <= 0:
+            return None
+        free = fleet.free
+        version = fleet.version
+        heappop = heapq.heappop
+        heappush = heapq.heappush
+
+        # the best n_pop valid entries, best first; stale entries are re-scored on the way
+        top: list[_Entry] = []
+        n_pop = self._n_pop
+        while heap and len(top) < n_pop:
+            entry = heappop(heap)
+            i = entry[2]
+            if entry[3] != version[i]:
+                if free[i] > 0:
+                    heappush(heap, fleet.entry(i))
+                continue
+            top.append(entry)
+        if not top:
+            return None
+
+        chosen_pos = 0
+        streak_note: dict[str, Any] | None = None
+        session = unit.execution_session_id
+        last = self._streaks.get(session)
+        if (
+            last is not None
+            and last[1] >= fleet.weights.streak_limit
+            and top[0][1] == last[0]
+            and len(top) > 1
+        ):
+            chosen_pos = 1
+            streak_note = {"session": session, "node_id": last[0], "count": last[1]}
+        chosen = top[chosen_pos]
+        c = chosen[2]
+        chosen_id = chosen[1]
+
+        offered = [chosen_id]
+        for pos, entry in enumerate(top):
+            if len(offered) >= self._fanout:
+                break
+            if pos == chosen_pos or (streak_note is not None and pos == 0):
+                continue
+            offered.append(entry[1])
+
+        decision = _decision(fleet, pool, top, chosen_id, streak_note, self._weights_json)
+
+        # book the slot; the chosen node's entries elsewhere go stale and refresh lazily
+        free[c] -= 1
+        fleet.placed[c] += 1
+        version[c] += 1
+        self.free_slots -= 1
+        if free[c] == 0:
+            for member_pool in fleet.node_pools[c]:
+                member_pool.live -= 1
+                member_pool.full_dynamic_count += 1
+                if len(member_pool.full_dynamic) < self._explain_excluded:
+                    member_pool.full_dynamic.append(c)
+        for pos, entry in enumerate(top):
+            if pos != chosen_pos:
+                heappush(heap, entry)
+        if free[c] > 0:
+            heappush(heap, fleet.entry(c))
+
+        same_node = last is not None and last[0] == chosen_id
+        self._streaks[session] = (chosen_id, last[1] + 1 if last is not None and same_node else 1)
+        return Placement(unit.id, chosen_id, tuple(offered), decision)
+
+
 def place_batch(
-    units: Sequence[UnitView],
+    units: Iterable[UnitView],
     nodes: Sequence[NodeView],
     weights: PlacementWeights,
     fanout: int,
@@ -311,95 +451,27 @@ def place_batch(
     ``streaks`` is not modified; the updated copy is in the result. ``explain_top`` caps the
     candidates listed in a decision (at least ``fanout + 1`` are listed), ``explain_excluded``
     the exclusions listed (all are counted in ``excluded_counts``).
+
+    Units that cannot be placed here still take their turn in an order computed beforehand;
+    ``ordering.schedule_pass`` orders and places together so that they do not.
     """
-    if fanout < 1:
-        raise ValueError("fanout must be at least 1")
-    if explain_top < 0 or explain_excluded < 0:
-        raise ValueError("explain_top and explain_excluded must not be negative")
-    fleet = _Fleet(nodes, weights)
-    pools: dict[tuple[str, str | None], _Pool] = {}
-    new_streaks: Streaks = dict(streaks)
+    placer = Placer(
+        nodes,
+        weights,
+        fanout,
+        streaks,
+        explain_top=explain_top,
+        explain_excluded=explain_excluded,
+    )
     placements: list[Placement] = []
     unplaced: list[str] = []
-    n_pop = max(explain_top, fanout + 1)
-    limit = weights.streak_limit
-    weights_json = weights.as_dict()
-    free = fleet.free
-    placed = fleet.placed
-    version = fleet.version
-    heappop = heapq.heappop
-    heappush = heapq.heappush
-
     for unit in units:
-        key = (unit.kind, unit.region)
-        pool = pools.get(key)
-        if pool is None:
-            pool = _Pool(fleet, unit.kind, unit.region, explain_excluded)
-            pools[key] = pool
-        heap = pool.heap
-        if not heap:
+        placement = placer.place(unit)
+        if placement is None:
             unplaced.append(unit.id)
-            continue
-
-        # the best n_pop valid entries, best first; stale entries are re-scored on the way
-        top: list[_Entry] = []
-        while heap and len(top) < n_pop:
-            entry = heappop(heap)
-            i = entry[2]
-            if entry[3] != version[i]:
-                if free[i] > 0:
-                    heappush(heap, fleet.entry(i))
-                continue
-            top.append(entry)
-        if not top:
-            unplaced.append(unit.id)
-            continue
-
-        chosen_pos = 0
-        streak_note: dict[str, Any] | None = None
-        session = unit.execution_session_id
-        last = new_streaks.get(session)
-        if last is not None and last[1] >= limit and top[0][1] == last[0] and len(top) > 1:
-            chosen_pos = 1
-            streak_note = {"session": session, "node_id": last[0], "count": last[1]}
-        chosen = top[chosen_pos]
-        c = chosen[2]
-        chosen_id = chosen[1]
-
-        offered = [chosen_id]
-        for pos, entry in enumerate(top):
-            if len(offered) >= fanout:
-                break
-            if pos == chosen_pos or (streak_note is not None and pos == 0):
-                continue
-            offered.append(entry[1])
-
-        decision = _decision(fleet, pool, top, chosen_id, streak_note, weights_json)
-
-        # book the slot; the chosen node's entries elsewhere go stale and refresh lazily
-        free[c] -= 1
-        placed[c] += 1
-        version[c] += 1
-        if free[c] == 0:
-            for member_pool in fleet.node_pools[c]:
-                member_pool.live -= 1
-                member_pool.full_dynamic_count += 1
-                if len(member_pool.full_dynamic) < explain_excluded:
-                    member_pool.full_dynamic.append(c)
-        for pos, entry in enumerate(top):
-            if pos != chosen_pos:
-                heappush(heap, entry)
-        if free[c] > 0:
-            heappush(heap, fleet.entry(c))
-
-        new_streaks[session] = (
-            (chosen_id, last[1] + 1)
-            if last is not None and last[0] == chosen_id
-            else (chosen_id, 1)
-        )
-        placements.append(Placement(unit.id, chosen_id, tuple(offered), decision))
-
-    return PlacementResult(tuple(placements), new_streaks, tuple(unplaced))
+        else:
+            placements.append(placement)
+    return PlacementResult(tuple(placements), placer.streaks, tuple(unplaced))
 
 
 def _decision(
@@ -426,7 +498,7 @@ def _decision(
                 "components": {
                     "free_capacity": round(fleet.free[i] / maxc, 6),
                     "load": round(1.0 - fleet.utilization(i), 6),
-                    "trust": round(fleet.trust[i], 6),
+                    "trust": fleet.trust_shown[i],
                     "region_match": region_match,
                 },
             }
