@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from control_plane.api import errors
@@ -88,6 +89,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         notifier: Notifier = app.state.notifier
         notifier.bind(asyncio.get_running_loop())
+        # Commands block a worker thread until their group commit lands: allow many at once.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 256
         db = await asyncio.to_thread(prepare_database, settings)
         app.state.db = db
         set_publisher(db, notifier.publish)

@@ -13,11 +13,13 @@ clock on SQLite (one process owns the file).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from sqlalchemy import Connection, text
 
@@ -47,6 +49,9 @@ def local_now_us() -> int:
     return now
 
 
+Deferred = Callable[["UnitOfWork"], None]
+
+
 @dataclass
 class UnitOfWork:
     """An open write transaction, its clock, and the wake-up topics it will publish."""
@@ -55,10 +60,16 @@ class UnitOfWork:
     now_us: int
     is_postgres: bool
     wakeups: set[str] = field(default_factory=set)
+    deferred: dict[str, Deferred] = field(default_factory=dict)
 
     def wake(self, *topics: str) -> None:
         """Wake waiters on ``topics`` once this transaction has committed."""
         self.wakeups.update(topics)
+
+    def defer(self, key: str, fn: Deferred) -> None:
+        """Run ``fn`` once, just before the commit, however many commands of the batch asked
+        for ``key`` (placement after completions, for example)."""
+        self.deferred.setdefault(key, fn)
 
 
 class _Publishers:
@@ -78,27 +89,190 @@ def set_publisher(db: Database, publisher: Publisher | None) -> None:
         _publishers.by_db[id(db)] = publisher
 
 
-@contextmanager
-def write_transaction(db: Database) -> Iterator[UnitOfWork]:
-    """Open the one write transaction of a command; commit on success, roll back on error."""
+# --------------------------------------------------------------------------- group commit
+
+MAX_BATCH = 256
+log = logging.getLogger("krako.uow")
+
+
+@dataclass
+class _Batch:
+    """One database transaction shared by the commands that queued for it."""
+
+    conn: Connection
+    outer: Any
+    now_us: int
+    members: int = 0
+    wakeups: set[str] = field(default_factory=set)
+    deferred: dict[str, Deferred] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class _Batcher:
+    """Group commit. Commands run one at a time, each in its own SAVEPOINT of a shared
+    transaction; the command that finds nobody queued behind it commits the batch, and every
+    member returns only after that commit (so no reply is sent before its data is durable).
+    A failing command rolls back its savepoint only. Under load, one commit (and one fsync)
+    serves many commands; alone, a command commits at once as before."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.count_lock = threading.Lock()
+        self.waiting = 0
+        self.batch: _Batch | None = None
+
+
+_batchers: dict[int, _Batcher] = {}
+_batchers_lock = threading.Lock()
+
+
+def _batcher(db: Database) -> _Batcher:
+    b = _batchers.get(id(db))
+    if b is None:
+        with _batchers_lock:
+            b = _batchers.setdefault(id(db), _Batcher())
+    return b
+
+
+def _open_batch(db: Database) -> _Batch:
     if db.is_postgres:
-        with db.engine.connect() as conn, conn.begin():
+        conn = db.engine.connect()
+        outer = conn.begin()
+        try:
             now_us = int(conn.execute(_PG_LOCK_AND_CLOCK, {"key": WRITE_LOCK_KEY}).scalar_one())
-            uow = UnitOfWork(conn, now_us, True)
-            yield uow
-            if uow.wakeups:
+        except BaseException:
+            outer.rollback()
+            conn.close()
+            raise
+        return _Batch(conn, outer, now_us)
+    db.sqlite_write_lock.acquire()
+    try:
+        conn = db.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+        outer = conn.begin()
+    except BaseException:
+        db.sqlite_write_lock.release()
+        raise
+    return _Batch(conn, outer, local_now_us())
+
+
+def _finish_batch(db: Database, batch: _Batch) -> None:
+    """Run the deferred steps, commit (or roll back an empty batch) and close."""
+    try:
+        if batch.members:
+            for key, fn in list(batch.deferred.items()):
+                uow = UnitOfWork(batch.conn, batch.now_us, db.is_postgres)
+                sp = batch.conn.begin_nested()
+                try:
+                    fn(uow)
+                    sp.commit()
+                    batch.wakeups |= uow.wakeups
+                except Exception:
+                    sp.rollback()
+                    log.exception("deferred step %s failed; the batch commits without it", key)
+            if db.is_postgres and batch.wakeups:
                 # Delivered to listeners only when (and if) the transaction commits.
-                conn.execute(_PG_NOTIFY, {"topics": " ".join(sorted(uow.wakeups))[:7900]})
-        _publish(db, uow.wakeups)
-        return
-    with (
-        db.sqlite_write_lock,
-        db.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn,
-        conn.begin(),
-    ):
-        uow = UnitOfWork(conn, local_now_us(), False)
-        yield uow
-    _publish(db, uow.wakeups)
+                batch.conn.execute(_PG_NOTIFY, {"topics": " ".join(sorted(batch.wakeups))[:7900]})
+            batch.outer.commit()
+        else:
+            batch.outer.rollback()
+    except BaseException as exc:
+        batch.error = exc
+        try:
+            batch.outer.rollback()
+        except Exception:
+            pass
+    finally:
+        batch.conn.close()
+        if not db.is_postgres:
+            db.sqlite_write_lock.release()
+
+
+class write_transaction:
+    """Open the one write transaction of a command; commit on success, roll back on error.
+
+    ``with write_transaction(db) as uow: ...`` — on leaving the block the command's work is
+    committed and durable (possibly together with other commands: group commit), or, if the
+    block raised, undone while the others' work stands.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.b = _batcher(db)
+        self.batch: _Batch | None = None
+        self.sp: Any = None
+        self.uow: UnitOfWork | None = None
+
+    def __enter__(self) -> UnitOfWork:
+        b = self.b
+        with b.count_lock:
+            b.waiting += 1
+        b.mutex.acquire()
+        with b.count_lock:
+            b.waiting -= 1
+        try:
+            if b.batch is None:
+                b.batch = _open_batch(self.db)
+            self.batch = b.batch
+            self.sp = self.batch.conn.begin_nested()
+        except BaseException:
+            self._commit_batch()  # whatever earlier members did still commits
+            raise
+        self.uow = UnitOfWork(self.batch.conn, self.batch.now_us, self.db.is_postgres)
+        return self.uow
+
+    def _commit_batch(self) -> None:
+        """Finish the open batch (if any) and release the mutex; publish on success."""
+        b = self.b
+        batch = b.batch
+        b.batch = None
+        try:
+            if batch is not None:
+                _finish_batch(self.db, batch)
+        finally:
+            b.mutex.release()
+            if batch is not None:
+                batch.done.set()
+        if batch is not None and batch.error is None and batch.members:
+            _publish(self.db, batch.wakeups)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        b, batch, uow = self.b, self.batch, self.uow
+        assert batch is not None and uow is not None
+        own_error: BaseException | None = None
+        if exc is None:
+            try:
+                self.sp.commit()
+                batch.members += 1
+                batch.wakeups |= uow.wakeups
+                for key, fn in uow.deferred.items():
+                    batch.deferred.setdefault(key, fn)
+            except BaseException as err:  # the savepoint could not be released
+                own_error = err
+                self._rollback_savepoint()
+        else:
+            self._rollback_savepoint()
+        with b.count_lock:
+            others = b.waiting
+        if others == 0 or batch.members >= MAX_BATCH:
+            self._commit_batch()
+        else:
+            b.mutex.release()
+            if exc is None and own_error is None:
+                batch.done.wait()
+        if exc is not None:
+            return False  # the command's own exception propagates; its work is undone
+        if own_error is not None:
+            raise own_error
+        if batch.error is not None:
+            raise batch.error
+        return False
+
+    def _rollback_savepoint(self) -> None:
+        try:
+            self.sp.rollback()
+        except Exception:
+            log.exception("savepoint rollback failed")
 
 
 def _publish(db: Database, topics: set[str]) -> None:

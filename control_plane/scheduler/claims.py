@@ -31,7 +31,7 @@ from control_plane.errors import (
     stale_claim,
 )
 from control_plane.eventlog.store import append, us_to_dt
-from control_plane.scheduler.placer import SchedulerContext, schedule_pending
+from control_plane.scheduler.placer import SchedulerContext, defer_placement, schedule_pending
 from control_plane.scheduler.queue import adjust_depth, queue_key
 from control_plane.scheduler.rows import (
     WORK_UNIT_COLUMNS,
@@ -41,6 +41,7 @@ from control_plane.scheduler.rows import (
     to_work_unit,
 )
 from control_plane.scheduler.trust_hooks import record_outcome
+from control_plane.scheduler.workunits import ensure_storable
 from shared.enums import WorkUnitStatus
 from shared.events import (
     EventType,
@@ -278,6 +279,7 @@ def _is_repeat(row: Row[Any], node_id: str, token: str, status: WorkUnitStatus) 
 def complete(
     db: Database, ctx: SchedulerContext, node_id: str, unit_id: str, body: CompleteRequest
 ) -> WorkUnit:
+    ensure_storable(body, "the report")
     with write_transaction(db) as uow:
         row = load_unit(uow.conn, unit_id)
         if row is not None and _is_repeat(row, node_id, body.claim_token, WorkUnitStatus.COMPLETED):
@@ -322,7 +324,7 @@ def complete(
         )
         record_outcome(uow, node_id, EventType.WORKUNIT_COMPLETED)
         uow.wake(f"unit:{unit_id}", f"node:{node_id}")
-        schedule_pending(uow, ctx)
+        defer_placement(uow, ctx)
         done = load_unit(conn, unit_id)
         assert done is not None
         return to_work_unit(done)
@@ -359,6 +361,7 @@ def _llm_usage(uow: UnitOfWork, row: Row[Any]) -> list[LlmUsage]:
 def fail(
     db: Database, ctx: SchedulerContext, node_id: str, unit_id: str, body: FailRequest
 ) -> WorkUnit:
+    ensure_storable(body, "the report")
     with write_transaction(db) as uow:
         row = load_unit(uow.conn, unit_id)
         if row is not None and _is_repeat(row, node_id, body.claim_token, WorkUnitStatus.FAILED):
@@ -383,7 +386,7 @@ def fail(
             event_id=f"{unit_id}/{row.attempt}/failed",
         )
         record_outcome(uow, node_id, EventType.WORKUNIT_FAILED)
-        schedule_pending(uow, ctx)
+        defer_placement(uow, ctx)
         done = load_unit(uow.conn, unit_id)
         assert done is not None
         return to_work_unit(done)
@@ -463,6 +466,7 @@ def record_invocation(
 ) -> tuple[int, LlmInvocationAccepted]:
     """Record one LLM call. Returns (201 | 200, reply); a stale claim is recorded as platform
     cost and then refused with 409 ``stale_claim``."""
+    ensure_storable(body, "the report")
     digest = _invocation_hash(body)
     stale_error: Conflict | None = None
     with write_transaction(db) as uow:

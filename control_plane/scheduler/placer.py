@@ -161,6 +161,15 @@ def schedule_pending(uow: UnitOfWork, ctx: SchedulerContext) -> int:
     return len(result.placements)
 
 
+def defer_placement(uow: UnitOfWork, ctx: SchedulerContext) -> None:
+    """Place once, just before the commit, for every command of the batch that freed a slot."""
+    uow.defer("placement", lambda u: _place_quietly(u, ctx))
+
+
+def _place_quietly(uow: UnitOfWork, ctx: SchedulerContext) -> None:
+    schedule_pending(uow, ctx)
+
+
 def _tenant_limits(
     uow: UnitOfWork, tenant_ids: set[str]
 ) -> tuple[dict[str, int], dict[str, int | None]]:

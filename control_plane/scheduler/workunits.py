@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, update
 
 from control_plane.db.engine import Database
@@ -33,7 +33,7 @@ from control_plane.scheduler.admission import (
     submission_allowed,
     take,
 )
-from control_plane.scheduler.placer import SchedulerContext, schedule_pending
+from control_plane.scheduler.placer import SchedulerContext, defer_placement, schedule_pending
 from control_plane.scheduler.queue import adjust_depth, current_mode, queue_key
 from control_plane.scheduler.rows import WORK_UNIT_COLUMNS, dumps, load_unit, to_work_unit
 from shared.enums import WorkUnitKind, WorkUnitStatus
@@ -89,11 +89,23 @@ def validate_payload(kind: WorkUnitKind, payload: dict[str, Any]) -> None:
             not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
         ):
             raise BadRequest("llm_pod 'max_tokens' must be a positive integer")
+    ensure_storable(payload, "payload")
     timeout = payload.get("timeout_s")
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
     ):
         raise BadRequest("'timeout_s' must be a positive number")
+
+
+def ensure_storable(value: Any, what: str) -> None:
+    """Refuse (422) a JSON value the log cannot store: integers beyond 64 bits, lone
+    surrogates, nesting deeper than the encoder allows."""
+    try:
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        orjson.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"{what} cannot be stored as JSON: {exc}")
 
 
 def request_hash(item: WorkUnitSubmit) -> str:
@@ -381,7 +393,7 @@ def cancel(
         )
         uow.wake(f"unit:{unit_id}")
         if status is not WorkUnitStatus.QUEUED:
-            schedule_pending(uow, ctx)
+            defer_placement(uow, ctx)
         fresh = load_unit(uow.conn, unit_id)
         assert fresh is not None
         return to_work_unit(fresh)
