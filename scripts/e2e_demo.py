@@ -599,7 +599,10 @@ class Demo:
         self.data.timings["agents exited"] = time.monotonic() - self.started
 
     def wait_terminal(self) -> None:
-        deadline = time.monotonic() + 20
+        """Units are normally terminal once the agents are gone; allow a little slack for the
+        last reports (20 s), or none when no agent ended cleanly (nothing will run them)."""
+        clean = any(code == 0 for code in self.data.agent_exit.values())
+        deadline = time.monotonic() + (20 if clean else 1)
         for unit_id in self.data.unit_ids:
             while True:
                 wait = max(0.0, min(10.0, deadline - time.monotonic()))
@@ -713,7 +716,7 @@ class Demo:
 
     def show_failure_logs(self) -> None:
         for proc in self.fleet.procs:
-            state = "running" if proc.alive() else f"exit {proc.popen.returncode}"
+            state = "running" if proc.alive() else exit_text(proc.popen.returncode)
             self.out.heading(f"{proc.name} log tail ({state}): {proc.log_path}")
             for text in proc.tail():
                 self.out.line(text)
@@ -743,6 +746,15 @@ def parse_agent_log(path: Path) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- report
+
+
+def exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit {code}"
 
 
 def short_time(stamp: str) -> str:
@@ -941,7 +953,9 @@ class Report:
                 else "no 'stopped' line"
             )
             code = self.d.agent_exit.get(agent)
-            self.out.line(f"agent {agent}: exit {code}; {summary}")
+            self.out.line(f"agent {agent}: {exit_text(code)}; {summary}")
+            if code != 0:
+                self.problems.append(f"{agent} ended with {exit_text(code)} (see its log)")
         if self.opts.multi_agent and skipped == 0:
             self.out.line(
                 "race: no agent logged a skipped claim (both were offered every unit, but "
