@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -386,6 +387,7 @@ class Collected:
     """Everything the report shows, read back from the API and the agents' logs."""
 
     tenant_id: str = ""
+    start_seq: int = 0  # events up to here are from earlier runs (no --reset)
     unit_ids: list[str] = field(default_factory=list)
     units: dict[str, Json] = field(default_factory=dict)
     events: list[Json] = field(default_factory=list)
@@ -526,6 +528,8 @@ class Demo:
             self.opts.llm_provider,
             "--kinds",
             "cpu,llm_pod",
+            "--max-concurrency",
+            str(self.max_concurrency),
             "--grace-period",
             "5",
             "--report-grace",
@@ -535,6 +539,13 @@ class Demo:
             # poll for offers, then claim each: both agents see a fanned-out offer and race
             args += ["--claim-mode", "explicit"]
         return args
+
+    @property
+    def max_concurrency(self) -> int:
+        """4 slots, or more when the burst would not fit in the polls otherwise (each poll
+        claims at most the free slots; the last poll is the idle one that ends the agent)."""
+        units = self.opts.burst + (PRESSURE_UNITS_TOTAL if self.opts.pressure else 0)
+        return max(4, min(64, math.ceil(units / max(1, self.opts.polls - 1))))
 
     def start_agents(self) -> list[Proc]:
         env = child_env({})
@@ -615,7 +626,7 @@ class Demo:
 
     def collect(self) -> None:
         d = self.data
-        d.events = self._all_events()
+        d.events = self._all_events(d.start_seq)
         self._wait_billing()
         d.ledger, d.ledger_error = self._ledger()
         wallet = self.api.call("GET", f"/v1/billing/wallets/{d.tenant_id}")
@@ -630,9 +641,8 @@ class Demo:
             if proc.name.startswith("agent"):
                 d.agent_lines[proc.name] = parse_agent_log(proc.log_path)
 
-    def _all_events(self) -> list[Json]:
+    def _all_events(self, after: int = 0) -> list[Json]:
         events: list[Json] = []
-        after = 0
         while True:
             reply = self.api.call(
                 "GET", "/v1/events", as_admin=True, params={"after": after, "limit": 1000}
@@ -695,6 +705,15 @@ class Demo:
             + (", fan-out 2, explicit claims" if opts.multi_agent else "")
         )
         self.start_control_plane()
+        earlier = self._all_events()
+        if earlier:
+            self.data.start_seq = earlier[-1]["seq"]
+            if any(e["type"] == "tenant.created" for e in earlier):  # not just the seeding
+                self.data.notes.append(
+                    f"the log already held {len(earlier)} events of earlier runs (seq <= "
+                    f"{self.data.start_seq}); the timeline shows this run's only (--reset for a "
+                    "clean log); the replay check covers the whole log"
+                )
         self.create_tenant()
         if opts.multi_agent:
             # Both nodes must exist when the units are placed, so that each is offered to both.
