@@ -4,7 +4,7 @@ For each fleet size (10, 100, 1,000 nodes) over a backlog of 100,000 queued unit
 with a skewed share, p0-p3, cpu and llm_pod, some region-bound), it runs scheduling passes like
 the control plane's sweep: pick as many units as there are free slots in fair order, place them,
 drop the placed ones from the queue, let the fleet finish some work, repeat (at least 3
-passes and 5,000 placements per fleet size). It prints, per
+passes and 2,000 placements per fleet size). It prints, per
 placement: ``place_batch``; ``fair_order_from_heads`` (the path the control plane takes, fed
 the first ``limit`` units per (priority, tenant) as its query returns them); their sum; and
 the one-off cost of ``fair_order`` over the whole 100,000-unit queue (the naive path), with
@@ -100,7 +100,7 @@ def churn(nodes: list[NodeView], placed: Counter[str], rnd: random.Random) -> li
 def bench_fleet(
     n_nodes: int, queue: list[UnitView], min_passes: int, fanout: int, seed: int
 ) -> dict[str, float]:
-    """Passes until at least ``min_passes`` and 5,000 placements (small fleets need more)."""
+    """Passes until at least ``min_passes`` and 2,000 placements (small fleets need more)."""
     rnd = random.Random(seed + n_nodes)
     nodes = make_fleet(n_nodes, rnd)
     weights = PlacementWeights()
@@ -110,7 +110,7 @@ def bench_fleet(
     t_pass = t_split = t_heads = t_naive = 0.0
     placements = split_placements = passes = 0
     decision_bytes: list[int] = []
-    while passes < min_passes or (placements < 5_000 and passes < 300):
+    while passes < min_passes or (placements < 2_000 and passes < 100):
         passes += 1
         schedulable = [n for n in nodes if n.healthy and not n.quarantined and not n.drained]
         free = sum(max(0, n.max_concurrency - n.running) for n in schedulable)
