@@ -33,18 +33,24 @@ class BodyLimitMiddleware:
                     return
         seen = 0
         started = False
+        exceeded = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    exceeded = True
                     raise _TooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if exceeded and not started:
+                # whatever the app answers to the body it could not read (FastAPI turns the
+                # read error into 400) is replaced by the 413 below
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -52,8 +58,9 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
-            if not started:
-                await self._reject(scope, receive, send)
+            pass
+        if exceeded and not started:
+            await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -93,6 +94,22 @@ def install(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         detail = f"{where}: {first['msg']}" if where else str(first["msg"])
         return problem_response(422, "validation_error", "Validation error", detail, errors=errors)
+
+    @app.exception_handler(DataError)
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(UnicodeEncodeError)
+    async def _unstorable(_: Request, exc: Exception) -> Response:
+        # The database (or its driver) refused a value the caller sent: a NUL character in
+        # text on PostgreSQL, an integer beyond 64 bits, a lone surrogate. That is bad input,
+        # not a server fault; the transaction that met it rolled back, so nothing changed.
+        log.info("refused an unstorable value: %s", exc.__class__.__name__)
+        return problem_response(
+            422,
+            "invalid_input",
+            "Invalid input",
+            "a value in the request cannot be stored (NUL characters, lone surrogates and "
+            "integers beyond 64 bits are refused)",
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:

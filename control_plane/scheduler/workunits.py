@@ -97,6 +97,17 @@ def validate_payload(kind: WorkUnitKind, payload: dict[str, Any]) -> None:
         raise BadRequest("'timeout_s' must be a positive number")
 
 
+def validate_text(item: WorkUnitSubmit, key: str | None) -> None:
+    """NUL characters cannot be stored in PostgreSQL text: refuse them on every backend."""
+    for name, value in (
+        ("execution_session_id", item.execution_session_id),
+        ("region", item.region),
+        ("idempotency key", key),
+    ):
+        if value is not None and "\x00" in value:
+            raise BadRequest(f"{name} must not contain NUL characters")
+
+
 def ensure_storable(value: Any, what: str) -> None:
     """Refuse (422) a JSON value the log cannot store: integers beyond 64 bits, lone
     surrogates, nesting deeper than the encoder allows."""
@@ -150,7 +161,11 @@ def _submit(
 ) -> list[Outcome]:
     conn = uow.conn
     outcomes: list[Outcome | None] = [None] * len(items)
-    keys = [k for item, k in items if k is not None and not isinstance(item, KrakoError)]
+    keys = [
+        k
+        for item, k in items
+        if k is not None and "\x00" not in k and not isinstance(item, KrakoError)
+    ]
     existing: dict[str, Any] = {}
     if keys:
         for row in conn.execute(
@@ -168,6 +183,7 @@ def _submit(
             outcomes[i] = Outcome(item.status, error=item)
             continue
         try:
+            validate_text(item, key)
             validate_payload(item.kind, item.payload)
         except KrakoError as exc:
             outcomes[i] = Outcome(exc.status, error=exc)

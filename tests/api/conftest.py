@@ -117,3 +117,45 @@ def make_api(db_url: str) -> Iterator[Callable[..., Api]]:
 @pytest.fixture
 def api(make_api: Callable[..., Api]) -> Api:
     return make_api()
+
+
+# --------------------------------------------------------------------------- contract helpers
+# (used by the contract suites: test_auth, test_bad_input, test_claims, test_pagination)
+
+PROBLEM_FIELDS = ("type", "title", "status", "detail", "code")
+
+
+def assert_problem(r: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """``r`` is an RFC 9457 problem of ``status`` (and ``code``); returns its body."""
+    assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text}"
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+    body = dict(r.json())
+    for field in PROBLEM_FIELDS:
+        assert field in body, f"problem without {field!r}: {body}"
+    assert body["status"] == status, body
+    assert body["code"] and body["code"].replace("_", "").isalnum(), body
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def all_events(api: Api) -> list[dict[str, Any]]:
+    """Every event of the log, in order (admin view, paged with ``after``)."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        r = api.client.get(
+            "/v1/events", params={"after": after, "limit": 1000}, headers=auth(ADMIN)
+        )
+        assert r.status_code == 200, r.text
+        page = r.json()
+        out.extend(page["events"])
+        if not page["events"]:
+            return out
+        after = page["last_seq"]
+
+
+@pytest.fixture
+def log_size(api: Api) -> Callable[[], int]:
+    """How many events the log holds now (for 'appends nothing' checks)."""
+    return lambda: len(all_events(api))
