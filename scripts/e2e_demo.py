@@ -706,14 +706,15 @@ class Demo:
         )
         self.start_control_plane()
         earlier = self._all_events()
-        if earlier:
+        # A fresh log holds only the control plane's seeding (prices, billing policy), which
+        # belongs to this run; anything with a tenant in it is an earlier run's.
+        if any(e["type"] == "tenant.created" for e in earlier):
             self.data.start_seq = earlier[-1]["seq"]
-            if any(e["type"] == "tenant.created" for e in earlier):  # not just the seeding
-                self.data.notes.append(
-                    f"the log already held {len(earlier)} events of earlier runs (seq <= "
-                    f"{self.data.start_seq}); the timeline shows this run's only (--reset for a "
-                    "clean log); the replay check covers the whole log"
-                )
+            self.data.notes.append(
+                f"the log already held {len(earlier)} events of earlier runs (seq <= "
+                f"{self.data.start_seq}); the timeline shows this run's only (--reset for a "
+                "clean log); the replay check covers the whole log"
+            )
         self.create_tenant()
         if opts.multi_agent:
             # Both nodes must exist when the units are placed, so that each is offered to both.
