@@ -586,3 +586,51 @@ class BudgetReply(Wire):
     budget_usd: Money | None
     spent_usd: Money
     committed_usd: Money
+
+
+class CompletionReport(CompleteRequest):
+    """One completion in a batch report."""
+
+    work_unit_id: str
+
+
+class FailureReport(FailRequest):
+    """One failure in a batch report."""
+
+    work_unit_id: str
+
+
+class ReportsRequest(StrictWire):
+    """Several reports of one node in one request (the agent's fast path)."""
+
+    completions: list[CompletionReport] = Field(default_factory=list, max_length=1000)
+    failures: list[FailureReport] = Field(default_factory=list, max_length=1000)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "completions": [
+                        {"work_unit_id": "wu_1", "claim_token": "wu_1.1.ab…", "cpu_ms": 3}
+                    ],
+                    "failures": [],
+                }
+            ]
+        },
+    )
+
+
+class ReportResult(Wire):
+    """The outcome of one report: the HTTP status its single-unit route would give."""
+
+    status: int
+    work_unit: WorkUnit | None = None
+    error: Problem | None = None
+
+
+class ReportsReply(Wire):
+    """Outcomes in the order of the request."""
+
+    completions: list[ReportResult]
+    failures: list[ReportResult]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, and_, delete, func, select, update
+from sqlalchemy import Row, and_, bindparam, delete, func, select, update
 
 from control_plane.billing.stamps import bill_llm_from_completion, cpu_pricing, token_pricing
 from control_plane.db.engine import Database
@@ -25,6 +25,7 @@ from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.errors import (
     Conflict,
     Forbidden,
+    KrakoError,
     NotFound,
     already_claimed,
     not_claimable,
@@ -40,7 +41,7 @@ from control_plane.scheduler.rows import (
     load_unit,
     to_work_unit,
 )
-from control_plane.scheduler.trust_hooks import record_outcome
+from control_plane.scheduler.trust_hooks import record_outcome, record_outcomes
 from control_plane.scheduler.workunits import ensure_storable
 from shared.enums import WorkUnitStatus
 from shared.events import (
@@ -281,53 +282,111 @@ def complete(
 ) -> WorkUnit:
     ensure_storable(body, "the report")
     with write_transaction(db) as uow:
-        row = load_unit(uow.conn, unit_id)
-        if row is not None and _is_repeat(row, node_id, body.claim_token, WorkUnitStatus.COMPLETED):
-            return to_work_unit(row)
-        row = _current_claim(uow, unit_id, node_id, body.claim_token)
-        conn = uow.conn
-        usage: list[LlmUsage] = []
-        if bill_llm_from_completion(conn):
-            usage = _llm_usage(uow, row)
-        conn.execute(
-            update(work_units)
-            .where(work_units.c.id == unit_id)
-            .values(
-                status=WorkUnitStatus.COMPLETED.value,
-                result=dumps(body.result),
-                lease_expires_us=None,
-                updated_at_us=uow.now_us,
+        [(unit, error)] = complete_in(uow, ctx, node_id, [(unit_id, body)])
+    if error is not None:
+        raise error
+    assert unit is not None
+    return unit
+
+
+_SET_COMPLETED = (
+    update(work_units)
+    .where(work_units.c.id == bindparam("b_id"))
+    .values(
+        status=WorkUnitStatus.COMPLETED.value,
+        result=bindparam("b_result"),
+        lease_expires_us=None,
+        updated_at_us=bindparam("b_now"),
+    )
+)
+
+ReportResult = tuple[WorkUnit | None, KrakoError | None]
+
+
+def complete_in(
+    uow: UnitOfWork,
+    ctx: SchedulerContext,
+    node_id: str,
+    items: Sequence[tuple[str, CompleteRequest]],
+) -> list[ReportResult]:
+    """Accept completions inside the caller's transaction, set-wise: one read of the units,
+    one update per table, one append for all events. Each item gets its unit (200) or its
+    error (404 unknown unit, 409 ``stale_claim``); a repeat of an accepted completion is 200."""
+    conn = uow.conn
+    ids = sorted({unit_id for unit_id, _ in items})
+    rows = {r.id: r for r in conn.execute(select(work_units).where(work_units.c.id.in_(ids)))}
+    results: list[ReportResult] = []
+    accepted: dict[str, tuple[Row[Any], CompleteRequest]] = {}
+    for unit_id, body in items:
+        row = rows.get(unit_id)
+        if row is None:
+            results.append((None, NotFound(f"work unit {unit_id} not found")))
+        elif unit_id in accepted and accepted[unit_id][1].claim_token == body.claim_token:
+            results.append((None, None))  # filled in below: same completion twice in a batch
+        elif _is_repeat(row, node_id, body.claim_token, WorkUnitStatus.COMPLETED):
+            results.append((to_work_unit(row), None))
+        elif (
+            row.status == WorkUnitStatus.CLAIMED.value
+            and row.claim_token == body.claim_token
+            and row.node_id == node_id
+            and unit_id not in accepted
+        ):
+            accepted[unit_id] = (row, body)
+            results.append((None, None))
+        else:
+            results.append((None, stale_claim(unit_id, _why_stale(row, node_id, body.claim_token))))
+    if not accepted:
+        return results
+    pricing = cpu_pricing(conn)
+    from_completion = bill_llm_from_completion(conn)
+    conn.execute(
+        _SET_COMPLETED,
+        [
+            {"b_id": uid, "b_result": dumps(body.result), "b_now": uow.now_us}
+            for uid, (_, body) in accepted.items()
+        ],
+    )
+    conn.execute(
+        update(nodes)
+        .where(nodes.c.node_id == node_id)
+        .values(running=nodes.c.running - len(accepted))
+    )
+    append(
+        uow,
+        [
+            NewEvent(
+                event_id=f"{uid}/completed",
+                type=EventType.WORKUNIT_COMPLETED,
+                tenant_id=row.tenant_id,
+                stream_id=uid,
+                correlation_id=row.execution_session_id,
+                payload=WorkUnitCompleted(
+                    node_id=node_id,
+                    attempt=row.attempt,
+                    cpu_ms=body.cpu_ms,
+                    result=body.result,
+                    pricing=pricing,
+                    llm_usage=_llm_usage(uow, row) if from_completion else [],
+                ),
             )
-        )
-        conn.execute(
-            update(nodes).where(nodes.c.node_id == node_id).values(running=nodes.c.running - 1)
-        )
-        append(
-            uow,
-            [
-                NewEvent(
-                    event_id=f"{unit_id}/completed",
-                    type=EventType.WORKUNIT_COMPLETED,
-                    tenant_id=row.tenant_id,
-                    stream_id=unit_id,
-                    correlation_id=row.execution_session_id,
-                    payload=WorkUnitCompleted(
-                        node_id=node_id,
-                        attempt=row.attempt,
-                        cpu_ms=body.cpu_ms,
-                        result=body.result,
-                        pricing=cpu_pricing(conn),
-                        llm_usage=usage,
-                    ),
-                )
-            ],
-        )
-        record_outcome(uow, node_id, EventType.WORKUNIT_COMPLETED)
-        uow.wake(f"unit:{unit_id}", f"node:{node_id}")
-        defer_placement(uow, ctx)
-        done = load_unit(conn, unit_id)
-        assert done is not None
-        return to_work_unit(done)
+            for uid, (row, body) in accepted.items()
+        ],
+    )
+    record_outcomes(uow, node_id, EventType.WORKUNIT_COMPLETED, len(accepted))
+    uow.wake(f"node:{node_id}", *(f"unit:{uid}" for uid in accepted))
+    defer_placement(uow, ctx)
+    done_at = us_to_dt(uow.now_us)
+    finished: dict[str, WorkUnit] = {}
+    for uid, (row, body) in accepted.items():
+        unit = to_work_unit(row)
+        unit.status = WorkUnitStatus.COMPLETED
+        unit.result = body.result
+        unit.updated_at = done_at
+        finished[uid] = unit
+    return [
+        (finished[unit_id], None) if unit is None and error is None else (unit, error)
+        for (unit_id, _), (unit, error) in zip(items, results, strict=True)
+    ]
 
 
 def _llm_usage(uow: UnitOfWork, row: Row[Any]) -> list[LlmUsage]:
@@ -363,33 +422,40 @@ def fail(
 ) -> WorkUnit:
     ensure_storable(body, "the report")
     with write_transaction(db) as uow:
-        row = load_unit(uow.conn, unit_id)
-        if row is not None and _is_repeat(row, node_id, body.claim_token, WorkUnitStatus.FAILED):
-            return to_work_unit(row)
-        if row is not None and _failed_attempt_repeat(uow, row, node_id, body.claim_token):
-            return to_work_unit(row)
-        row = _current_claim(uow, unit_id, node_id, body.claim_token)
-        requeue = body.retryable and row.attempt < row.max_attempts
-        finish_attempt(
-            uow,
-            row,
-            EventType.WORKUNIT_FAILED,
-            WorkUnitFailed(
-                node_id=node_id,
-                attempt=row.attempt,
-                error=body.error,
-                retryable=body.retryable,
-                requeued=requeue,
-            ),
-            requeue=requeue,
+        return fail_in(uow, ctx, node_id, unit_id, body)
+
+
+def fail_in(
+    uow: UnitOfWork, ctx: SchedulerContext, node_id: str, unit_id: str, body: FailRequest
+) -> WorkUnit:
+    """Accept a failure inside the caller's transaction (raises 404 / 409 ``stale_claim``)."""
+    row = load_unit(uow.conn, unit_id)
+    if row is not None and _is_repeat(row, node_id, body.claim_token, WorkUnitStatus.FAILED):
+        return to_work_unit(row)
+    if row is not None and _failed_attempt_repeat(uow, row, node_id, body.claim_token):
+        return to_work_unit(row)
+    row = _current_claim(uow, unit_id, node_id, body.claim_token)
+    requeue = body.retryable and row.attempt < row.max_attempts
+    finish_attempt(
+        uow,
+        row,
+        EventType.WORKUNIT_FAILED,
+        WorkUnitFailed(
+            node_id=node_id,
+            attempt=row.attempt,
             error=body.error,
-            event_id=f"{unit_id}/{row.attempt}/failed",
-        )
-        record_outcome(uow, node_id, EventType.WORKUNIT_FAILED)
-        defer_placement(uow, ctx)
-        done = load_unit(uow.conn, unit_id)
-        assert done is not None
-        return to_work_unit(done)
+            retryable=body.retryable,
+            requeued=requeue,
+        ),
+        requeue=requeue,
+        error=body.error,
+        event_id=f"{unit_id}/{row.attempt}/failed",
+    )
+    record_outcome(uow, node_id, EventType.WORKUNIT_FAILED)
+    defer_placement(uow, ctx)
+    done = load_unit(uow.conn, unit_id)
+    assert done is not None
+    return to_work_unit(done)
 
 
 def _failed_attempt_repeat(uow: UnitOfWork, row: Row[Any], node_id: str, token: str) -> bool:
@@ -574,3 +640,26 @@ __all__: Sequence[str] = [
     "poll_once",
     "record_invocation",
 ]
+
+
+def report(
+    db: Database,
+    ctx: SchedulerContext,
+    node_id: str,
+    completions: Sequence[tuple[str, CompleteRequest]],
+    failures: Sequence[tuple[str, FailRequest]],
+) -> tuple[list[ReportResult], list[ReportResult]]:
+    """Many completions and failures of one node in one transaction (the agent's fast path);
+    each item succeeds or fails on its own, exactly as its single-unit route would."""
+    with write_transaction(db) as uow:
+        done = complete_in(uow, ctx, node_id, completions) if completions else []
+        failed: list[ReportResult] = []
+        for unit_id, body in failures:
+            savepoint = uow.conn.begin_nested()
+            try:
+                failed.append((fail_in(uow, ctx, node_id, unit_id, body), None))
+                savepoint.commit()
+            except KrakoError as exc:
+                savepoint.rollback()
+                failed.append((None, exc))
+    return done, failed

@@ -70,18 +70,38 @@ def _store(
         uow.wake("queue")
 
 
-def _fold(uow: UnitOfWork, node_id: str, event_type: str, payload: dict[str, Any]) -> None:
+def _fold(
+    uow: UnitOfWork, node_id: str, event_type: str, payload: dict[str, Any], times: int = 1
+) -> None:
     old = _load(uow, node_id)
     if old is None:
         return
-    new, change = apply(old, event_type, payload, PARAMS, uow.now_us / 1e6)
-    _store(uow, node_id, old, new, change)
+    new, change, last = old, None, None
+    for _ in range(times):
+        new, change = apply(new, event_type, payload, PARAMS, uow.now_us / 1e6)
+        if change is not None:
+            last = change
+    if last is not None:
+        # one event for the batch, from the score before it to the score after it
+        last = TrustChange(
+            old.reported if old.reported is not None else old.score,
+            new.score,
+            last.reason,
+            new.quarantined,
+        )
+    _store(uow, node_id, old, new, last)
 
 
 def record_outcome(uow: UnitOfWork, node_id: str | None, outcome: EventType) -> None:
     """Fold one outcome (completed, failed, lease expired) into the node's trust score."""
     if node_id:
         _fold(uow, node_id, outcome.value, {"node_id": node_id})
+
+
+def record_outcomes(uow: UnitOfWork, node_id: str, outcome: EventType, times: int) -> None:
+    """Fold ``times`` identical outcomes at once (a batch of completions)."""
+    if times:
+        _fold(uow, node_id, outcome.value, {"node_id": node_id}, times)
 
 
 def apply_health(uow: UnitOfWork, node_id: str, health: NodeHealth) -> None:

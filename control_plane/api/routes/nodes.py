@@ -21,9 +21,11 @@ from control_plane.api.deps import (
     SettingsDep,
     node_path_guard,
 )
-from control_plane.api.errors import responses
+from control_plane.api.errors import error_problem, responses
 from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from control_plane.errors import KrakoError
 from control_plane.scheduler import claims, nodes, queries
+from control_plane.scheduler.workunits import ensure_storable
 from shared.wire import (
     HeartbeatReply,
     HeartbeatRequest,
@@ -33,6 +35,11 @@ from shared.wire import (
     Page,
     PollReply,
     PollRequest,
+    Problem,
+    ReportResult,
+    ReportsReply,
+    ReportsRequest,
+    WorkUnit,
 )
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
@@ -139,6 +146,41 @@ async def poll(
         disconnect.cancel()
         with contextlib.suppress(BaseException):
             await disconnect
+
+
+@router.post(
+    "/{node_id}/reports",
+    operation_id="node_reports",
+    summary="Report many completions and failures (node)",
+    description="Batch form of /v1/workunits/{id}/complete and /fail for one node: one "
+    "transaction, and each item gets the status its single-unit route would give (200, "
+    "404, 409 stale_claim), in order. Repeats are idempotent as on the single routes.",
+    responses=responses(401, 403, 404, 413, 422),
+)
+async def reports(
+    node_id: str, body: ReportsRequest, p: NodeP, db: DbDep, ctx: CtxDep
+) -> ReportsReply:
+    node_path_guard(p, node_id)
+    for item in [*body.completions, *body.failures]:
+        ensure_storable(item, "the report")
+    done, failed = await run_in_threadpool(
+        claims.report,
+        db,
+        ctx,
+        node_id,
+        [(c.work_unit_id, c) for c in body.completions],
+        [(f.work_unit_id, f) for f in body.failures],
+    )
+    return ReportsReply(completions=_results(done), failures=_results(failed))
+
+
+def _results(items: list[tuple[WorkUnit | None, KrakoError | None]]) -> list[ReportResult]:
+    return [
+        ReportResult(status=200, work_unit=unit)
+        if error is None
+        else ReportResult(status=error.status, error=Problem.model_validate(error_problem(error)))
+        for unit, error in items
+    ]
 
 
 @router.post(
