@@ -18,8 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from control_plane.cli import app
 
@@ -111,7 +110,7 @@ Invoke = Callable[..., Result]
 
 @pytest.fixture
 def krako(server: Server) -> Invoke:
-    """Run ``krako --url <server> [--token T] ARGS...`` in-process; returns click's Result."""
+    """Run ``krako --url <server> [--token T] ARGS...`` in-process; returns typer's Result."""
     runner = CliRunner()
 
     def invoke(*args: str, token: str | None = None, url: str | None = None) -> Result:
