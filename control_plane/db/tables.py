@@ -65,6 +65,8 @@ tenants = Table(
     Column("budget_micros", BigInteger, nullable=True),
     # estimated cost of this tenant's queued and running work (budget admission)
     Column("committed_micros", BigInteger, nullable=False, server_default="0"),
+    # seq of the tenant's last workunit.scheduled: tenants take turns (fair share)
+    Column("last_placed_seq", BigInteger, nullable=False, server_default="0"),
 )
 
 nodes = Table(

@@ -150,6 +150,7 @@ def schedule_pass(
     *,
     explain_top: int = 10,
     explain_excluded: int = 10,
+    last_served_by_tenant: Mapping[str, int] | None = None,
 ) -> PlacementResult:
     """One scheduling pass: walk the fair order of ``heads`` and place each unit as it comes
     (``placement.place_batch`` rules), until the fleet is full, ``max_placements`` is reached
@@ -183,7 +184,7 @@ def schedule_pass(
             max_placements is not None and len(placements) >= max_placements
         )
 
-    _walk(heads, running_by_tenant, max_running_by_tenant, take, done)
+    _walk(heads, running_by_tenant, max_running_by_tenant, take, done, last_served_by_tenant)
     return PlacementResult(tuple(placements), placer.streaks, tuple(skipped))
 
 
@@ -193,9 +194,17 @@ def _walk(
     max_running_by_tenant: Mapping[str, int | None] | None,
     take: Callable[[UnitView], bool],
     done: Callable[[], bool],
+    last_served_by_tenant: Mapping[str, int] | None = None,
 ) -> None:
-    """The fair order: offer units to ``take`` (True: it counts as in flight) until ``done``."""
+    """The fair order: offer units to ``take`` (True: it counts as in flight) until ``done``.
+
+    Between tenants with as many units in flight, the one served longest ago goes first
+    (``last_served_by_tenant``: a position that grows with every placement, such as the seq
+    of the tenant's last ``workunit.scheduled``; missing = never). So even when every pass
+    places one unit and nothing stays in flight, tenants take turns."""
     in_flight: dict[str, int] = dict(running_by_tenant or {})
+    served: dict[str, int] = dict(last_served_by_tenant or {})
+    turn = max(served.values(), default=0)
     caps: Mapping[str, int | None] = max_running_by_tenant or {}
 
     def capped(tenant: str) -> bool:
@@ -214,23 +223,34 @@ def _walk(
     for priority in sorted(by_priority):
         # (in flight, seq of the tenant's next unit, tenant, that unit, the rest of its units);
         # a tenant's groups are merged lazily, so only what is taken is ever looked at
-        heap: list[tuple[int, int, str, UnitView, Iterator[UnitView]]] = []
+        heap: list[tuple[int, int, int, str, UnitView, Iterator[UnitView]]] = []
         for tenant, groups in by_priority[priority].items():
             if capped(tenant):
                 continue
             rest = iter(groups[0]) if len(groups) == 1 else heapq.merge(*groups, key=_seq)
             first = next(rest)
-            heap.append((in_flight.get(tenant, 0), first.seq, tenant, first, rest))
+            heap.append(
+                (in_flight.get(tenant, 0), served.get(tenant, 0), first.seq, tenant, first, rest)
+            )
         heapq.heapify(heap)
         while heap:
-            _, _, tenant, unit, rest = heapq.heappop(heap)
+            _, _, _, tenant, unit, rest = heapq.heappop(heap)
             if take(unit):
                 in_flight[tenant] = in_flight.get(tenant, 0) + 1
+                turn += 1
+                served[tenant] = turn
                 if done():
                     return
             following = next(rest, None)
             if following is not None and not capped(tenant):
-                entry = (in_flight.get(tenant, 0), following.seq, tenant, following, rest)
+                entry = (
+                    in_flight.get(tenant, 0),
+                    served.get(tenant, 0),
+                    following.seq,
+                    tenant,
+                    following,
+                    rest,
+                )
                 heapq.heappush(heap, entry)
 
 

@@ -20,8 +20,8 @@ from control_plane.db.uow import UnitOfWork
 from control_plane.eventlog.store import append
 from control_plane.ids import new_id
 from control_plane.scheduler.admission import admits_priority
-from control_plane.scheduler.ordering import fair_order
-from control_plane.scheduler.placement import NodeView, PlacementWeights, UnitView, place_batch
+from control_plane.scheduler.ordering import group_heads, schedule_pass
+from control_plane.scheduler.placement import NodeView, PlacementWeights, UnitView
 from control_plane.scheduler.queue import adjust_depth, current_mode, queue_key
 from control_plane.scheduler.rows import dumps
 from shared.enums import NodeHealth, WorkUnitStatus
@@ -150,13 +150,22 @@ def schedule_pending(uow: UnitOfWork, ctx: SchedulerContext) -> int:
             )
     if not candidates:
         return 0
-    running_by_tenant, max_by_tenant = _tenant_limits(uow, {u.tenant_id for u in candidates})
-    ordered = fair_order(candidates, budget, running_by_tenant, max_by_tenant)
-    result = place_batch(ordered, fleet, ctx.weights, ctx.fanout, dict(ctx.streaks))
+    running_by_tenant, max_by_tenant, served = _tenant_load(uow, {u.tenant_id for u in candidates})
+    result = schedule_pass(
+        group_heads(candidates, budget, by_constraint=True),
+        fleet,
+        ctx.weights,
+        ctx.fanout,
+        dict(ctx.streaks),
+        running_by_tenant,
+        max_by_tenant,
+        budget,
+        last_served_by_tenant=served,
+    )
     ctx.remember(dict(result.streaks))
     if not result.placements:
         return 0
-    by_id = {u.id: u for u in ordered}
+    by_id = {u.id: u for u in candidates}
     _write_placements(uow, result.placements, by_id, attempts)
     return len(result.placements)
 
@@ -170,25 +179,28 @@ def _place_quietly(uow: UnitOfWork, ctx: SchedulerContext) -> None:
     schedule_pending(uow, ctx)
 
 
-def _tenant_limits(
+def _tenant_load(
     uow: UnitOfWork, tenant_ids: set[str]
-) -> tuple[dict[str, int], dict[str, int | None]]:
-    limited = {
-        r.tenant_id: r.max_running
-        for r in uow.conn.execute(
-            select(tenants.c.tenant_id, tenants.c.max_running).where(
-                tenants.c.tenant_id.in_(sorted(tenant_ids)), tenants.c.max_running.is_not(None)
-            )
+) -> tuple[dict[str, int], dict[str, int | None], dict[str, int]]:
+    """Units in flight (scheduled or claimed) per tenant, for the fair share of every tenant,
+    the caps of the tenants that have one, and when each was last served."""
+    ids = sorted(tenant_ids)
+    limited: dict[str, int | None] = {}
+    served: dict[str, int] = {}
+    for r in uow.conn.execute(
+        select(tenants.c.tenant_id, tenants.c.max_running, tenants.c.last_placed_seq).where(
+            tenants.c.tenant_id.in_(ids)
         )
-    }
-    if not limited:
-        return {}, {}
+    ):
+        served[r.tenant_id] = int(r.last_placed_seq)
+        if r.max_running is not None:
+            limited[r.tenant_id] = r.max_running
     running = {
         r.tenant_id: int(r.n)
         for r in uow.conn.execute(
             select(work_units.c.tenant_id, func.count().label("n"))
             .where(
-                work_units.c.tenant_id.in_(sorted(limited)),
+                work_units.c.tenant_id.in_(ids),
                 work_units.c.status.in_(
                     [WorkUnitStatus.SCHEDULED.value, WorkUnitStatus.CLAIMED.value]
                 ),
@@ -196,7 +208,7 @@ def _tenant_limits(
             .group_by(work_units.c.tenant_id)
         )
     }
-    return running, dict(limited)
+    return running, limited, served
 
 
 _SET_SCHEDULED = (
@@ -283,6 +295,15 @@ def _write_placements(
             for p, ev in zip(placements, stored, strict=True)
             for node in p.offered_to
         ],
+    )
+    last_by_tenant: dict[str, int] = {}
+    for p, ev in zip(placements, stored, strict=True):
+        last_by_tenant[units[p.unit_id].tenant_id] = ev.seq
+    conn.execute(
+        update(tenants)
+        .where(tenants.c.tenant_id == bindparam("b_tenant"))
+        .values(last_placed_seq=bindparam("b_seq")),
+        [{"b_tenant": t, "b_seq": q} for t, q in sorted(last_by_tenant.items())],
     )
     uow.wake(*{f"node:{node}" for p in placements for node in p.offered_to})
     uow.wake(*{f"unit:{p.unit_id}" for p in placements})

@@ -35,7 +35,7 @@ def _load(uow: UnitOfWork, node_id: str) -> TrustState | None:
         score=float(row.trust),
         quarantined=bool(row.quarantined),
         reported=float(row.trust_reported) if row.trust_reported is not None else None,
-        quarantined_at=row.quarantined_at_us / 1e6 if row.quarantined_at_us else None,
+        quarantined_at=(row.quarantined_at_us / 1e6 if row.quarantined_at_us is not None else None),
         on_probation=bool(row.on_probation),
     )
 
@@ -50,7 +50,9 @@ def _store(
             trust=new.score,
             quarantined=new.quarantined,
             trust_reported=new.reported,
-            quarantined_at_us=int(new.quarantined_at * 1e6) if new.quarantined_at else None,
+            quarantined_at_us=(
+                int(new.quarantined_at * 1e6) if new.quarantined_at is not None else None
+            ),
             on_probation=new.on_probation,
         )
     )

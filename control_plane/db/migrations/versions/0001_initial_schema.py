@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 19:03:46.704621
+Create Date: 2026-11-27 19:17:00.712331
 """
 
 from alembic import op
@@ -163,6 +163,7 @@ def upgrade() -> None:
     sa.Column('bucket_updated_us', sa.BigInteger(), nullable=True),
     sa.Column('budget_micros', sa.BigInteger(), nullable=True),
     sa.Column('committed_micros', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('last_placed_seq', sa.BigInteger(), server_default='0', nullable=False),
     sa.PrimaryKeyConstraint('tenant_id', name=op.f('pk_tenants')),
     sa.UniqueConstraint('api_key_hash', name=op.f('uq_tenants_api_key_hash'))
     )
