@@ -67,6 +67,7 @@ T = TypeVar("T")
 
 WARNING = logging.WARNING
 MIN_HEARTBEAT_INTERVAL_S = 0.01
+REREGISTER_QUIET_S = 5.0  # a 401 sooner than this after registering backs off first
 
 # Why a unit's execution was cut short.
 REVOKED = "revoked"
@@ -144,6 +145,8 @@ class Agent:
         self._idle.set()
         self._registration = 0  # bumped by every successful (re-)registration
         self._register_lock = asyncio.Lock()
+        self._registered_at = float("-inf")
+        self._reregister_backoff = self._backoff()
         self._side_tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ public
@@ -251,6 +254,7 @@ class Agent:
             )
             self.lease_s = registration.lease_s
             self._registration += 1
+            self._registered_at = asyncio.get_running_loop().time()
             if self.state is not None:
                 self.state.save_node_id(registration.node_id)
             log_event(
@@ -267,11 +271,29 @@ class Agent:
         return False
 
     async def _reregister(self, seen: int) -> bool:
-        """Re-register after a 401 seen under registration ``seen`` (once for all callers)."""
+        """Re-register after a 401 seen under registration ``seen`` (once for all callers).
+
+        A token refused again right after a registration (a control plane that keeps
+        forgetting) is retried with backoff, not in a hot loop.
+        """
         async with self._register_lock:
             if self._registration != seen:
                 return True  # someone else already did
-            log_event("token_rejected", WARNING, node_id=self.node_id, action="re-registering")
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._registered_at < REREGISTER_QUIET_S:
+                delay = self._reregister_backoff.next_delay()
+            else:
+                self._reregister_backoff.reset()
+                delay = 0.0
+            log_event(
+                "token_rejected",
+                WARNING,
+                node_id=self.node_id,
+                action="re-registering",
+                delay_s=round(delay, 3),
+            )
+            if delay and await sleep_unless(self._abandon, delay):
+                return False
             return await self._register(until=self._abandon)
 
     # ------------------------------------------------------------------ calls

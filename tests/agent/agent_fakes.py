@@ -10,6 +10,7 @@ route fail in that order (an int is a status, an exception is raised by the tran
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections import defaultdict, deque
@@ -118,12 +119,14 @@ class FakeControlPlane:
         self.node_tokens.clear()
 
     async def wait_until(self, predicate: Any, timeout: float = 5.0) -> None:
-        """Wait until ``predicate()`` is true (re-checked after every request)."""
+        """Wait until ``predicate()`` is true (re-checked after every request, and every
+        10 ms for predicates on the agent's own state)."""
 
         async def _loop() -> None:
             while not predicate():
                 self._changed.clear()
-                await self._changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.01)
 
         await asyncio.wait_for(_loop(), timeout)
 

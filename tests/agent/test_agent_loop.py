@@ -204,6 +204,25 @@ def test_offers_without_claims_are_claimed_one_by_one(make_settings: Settings) -
     assert set(fake.completions) == {"wu_a", "wu_b"}
 
 
+def test_explicit_claim_mode_skips_offers_another_node_won(make_settings: Settings) -> None:
+    fake = FakeControlPlane()
+    fake.script("claim", problem(409, "already_claimed", "another node was faster"))
+    fake.submit("wu_lost")
+    settings = make_settings(claim_mode="explicit")
+
+    async def scenario() -> None:
+        async with running(settings, fake) as (agent, task):
+            await fake.wait_until(lambda: agent.stats["skipped"] == 1)
+            fake.submit("wu_won")
+            await fake.wait_until(lambda: "wu_won" in fake.terminal)
+            await stop(agent, task)
+
+    asyncio.run(scenario())
+    assert all(p["claim"] is False for p in fake.polls)
+    assert "wu_lost" not in fake.terminal and "wu_lost" not in fake.claims
+    assert len(fake.completions["wu_won"]) == 1
+
+
 def test_heartbeats_list_held_units_and_free_slots(make_settings: Settings) -> None:
     fake = FakeControlPlane(heartbeat_interval_s=0.02)
     fake.submit("wu_slow", payload={"handler": "sleep", "args": {"ms": 300}})
@@ -373,23 +392,50 @@ def test_outages_are_waited_out_and_nothing_is_reported_twice(
     assert any(r.getMessage() == "control_plane_back" for r in caplog.records)
 
 
-def test_rejected_node_token_makes_the_agent_register_again(make_settings: Settings) -> None:
-    fake = FakeControlPlane()
-    fake.submit("wu_1")
+@pytest.mark.parametrize("lost_during", ["poll", "report"])
+def test_rejected_node_token_makes_the_agent_register_again(
+    make_settings: Settings, lost_during: str
+) -> None:
+    # No heartbeat within the test, so the 401 is met by a poll or by a report.
+    fake = FakeControlPlane(heartbeat_interval_s=300)
+    fake.submit("wu_1", payload={"handler": "sleep", "args": {"ms": 200}})
     settings = make_settings()
 
     async def scenario() -> None:
         async with running(settings, fake) as (agent, task):
+            if lost_during == "report":
+                await fake.wait_until(lambda: "wu_1" in fake.claims)
+                fake.forget_tokens()  # lost while the unit runs: its completion meets the 401
             await fake.wait_until(lambda: "wu_1" in fake.terminal)
             fake.forget_tokens()  # the control plane restarted and lost node tokens
             fake.submit("wu_2")
             await fake.wait_until(lambda: "wu_2" in fake.terminal)
             await stop(agent, task)
 
+    started = time.monotonic()
     asyncio.run(scenario())
-    assert len(fake.registrations) == 2
-    assert fake.registrations[1]["node_id"] == "node-1"  # same node, fresh token
-    assert len(fake.completions["wu_2"]) == 1
+    assert time.monotonic() - started < 5
+    assert len(request_paths(fake, "/poll")) < 100  # no hot loop of refused polls
+    expected = 3 if lost_during == "report" else 2
+    assert len(fake.registrations) == expected
+    assert {r["node_id"] for r in fake.registrations[1:]} == {"node-1"}  # same node
+    assert len(fake.completions["wu_1"]) == 1 and len(fake.completions["wu_2"]) == 1
+    assert not fake.heartbeats
+
+
+def test_a_token_refused_again_and_again_backs_off(make_settings: Settings) -> None:
+    fake = FakeControlPlane(heartbeat_interval_s=300)
+    fake.script("poll", *([401] * 10_000))  # registration works, every poll is refused
+    settings = make_settings(backoff_initial_s=0.02, backoff_max_s=0.1)
+
+    async def scenario() -> int:
+        async with running(settings, fake) as (agent, task):
+            await asyncio.sleep(1.0)
+            return await stop(agent, task)
+
+    assert asyncio.run(scenario()) == 0
+    assert 3 <= len(fake.registrations) < 30
+    assert {r["node_id"] for r in fake.registrations[1:]} == {"node-1"}
 
 
 def test_stale_claim_drops_the_report_without_retrying(make_settings: Settings) -> None:
