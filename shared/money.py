@@ -15,6 +15,8 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 MICRO = Decimal("0.000001")
 ZERO = Decimal("0.000000")
+# 10^15 USD: far above any real bill, and keeps every amount exact in 6-place micro-units
+MAX_USD = Decimal(10) ** 15
 
 
 def quantize_usd(value: Decimal | int | str) -> Decimal:
@@ -48,6 +50,8 @@ def parse_money(value: object) -> Decimal:
         raise ValueError(f"not a decimal amount: {value!r}") from exc
     if not dec.is_finite():
         raise ValueError("money must be finite")
+    if abs(dec) >= MAX_USD:
+        raise ValueError(f"amount {value!r} is out of range (at most {MAX_USD} USD)")
     return quantize_usd(dec)
 
 
@@ -61,6 +65,8 @@ def parse_rate(value: object) -> Decimal:
         raise ValueError(f"not a decimal rate: {value!r}") from exc
     if not dec.is_finite() or dec < 0:
         raise ValueError("rates must be finite and not negative")
+    if dec >= MAX_USD:
+        raise ValueError(f"rate {value!r} is out of range")
     return dec
 
 

@@ -77,47 +77,81 @@ def _token_attempt(token: str) -> int | None:
         return None
 
 
+_SET_CLAIMED = (
+    update(work_units)
+    .where(
+        work_units.c.id == bindparam("b_id"),
+        work_units.c.status == WorkUnitStatus.SCHEDULED.value,
+        work_units.c.attempt == bindparam("b_attempt"),
+    )
+    .values(
+        status=WorkUnitStatus.CLAIMED.value,
+        node_id=bindparam("b_node"),
+        claim_token=bindparam("b_token"),
+        lease_expires_us=bindparam("b_lease"),
+        updated_at_us=bindparam("b_now"),
+    )
+)
+_ADD_RUNNING = (
+    update(nodes)
+    .where(nodes.c.node_id == bindparam("b_node"))
+    .values(running=nodes.c.running + bindparam("b_n"))
+)
+
+
 def _grant(uow: UnitOfWork, row: Row[Any], node_id: str, lease_s: float) -> ClaimReply:
     """Turn a scheduled unit into a claim for ``node_id`` (the caller checked eligibility)."""
+    return _grant_many(uow, [row], node_id, lease_s)[0]
+
+
+def _grant_many(
+    uow: UnitOfWork, rows: Sequence[Row[Any]], node_id: str, lease_s: float
+) -> list[ClaimReply]:
+    """Claim scheduled units for ``node_id`` set-wise (the caller checked eligibility). The
+    conditional update, the ``claims`` primary key and the derived event ids each refuse a
+    second claim of the same attempt."""
     conn = uow.conn
-    token = _claim_token(row.id, row.attempt)
     lease_us = uow.now_us + int(lease_s * 1_000_000)
+    tokens = {row.id: _claim_token(row.id, row.attempt) for row in rows}
     result = conn.execute(
-        update(work_units)
-        .where(
-            work_units.c.id == row.id,
-            work_units.c.status == WorkUnitStatus.SCHEDULED.value,
-            work_units.c.attempt == row.attempt,
-        )
-        .values(
-            status=WorkUnitStatus.CLAIMED.value,
-            node_id=node_id,
-            claim_token=token,
-            lease_expires_us=lease_us,
-            updated_at_us=uow.now_us,
-        )
+        _SET_CLAIMED,
+        [
+            {
+                "b_id": row.id,
+                "b_attempt": row.attempt,
+                "b_node": node_id,
+                "b_token": tokens[row.id],
+                "b_lease": lease_us,
+                "b_now": uow.now_us,
+            }
+            for row in rows
+        ],
     )
-    if result.rowcount != 1:
-        raise already_claimed(row.id, row.attempt)
+    if result.rowcount != len(rows):
+        raise already_claimed(rows[0].id, rows[0].attempt)
     conn.execute(
-        claims.insert().values(
-            work_unit_id=row.id,
-            attempt=row.attempt,
-            node_id=node_id,
-            claim_token=token,
-            claimed_at_us=uow.now_us,
-        )
+        claims.insert(),
+        [
+            {
+                "work_unit_id": row.id,
+                "attempt": row.attempt,
+                "node_id": node_id,
+                "claim_token": tokens[row.id],
+                "claimed_at_us": uow.now_us,
+            }
+            for row in rows
+        ],
     )
-    conn.execute(delete(offers).where(offers.c.work_unit_id == row.id))
-    if row.node_id != node_id:
-        # an offered runner-up won: move the slot from the placed node to the claimer
-        conn.execute(
-            update(nodes).where(nodes.c.node_id == row.node_id).values(running=nodes.c.running - 1)
-        )
-        conn.execute(
-            update(nodes).where(nodes.c.node_id == node_id).values(running=nodes.c.running + 1)
-        )
-        uow.wake(f"node:{row.node_id}")
+    conn.execute(delete(offers).where(offers.c.work_unit_id.in_([row.id for row in rows])))
+    moved: dict[str, int] = {}
+    for row in rows:
+        if row.node_id != node_id:
+            # an offered runner-up won: move the slot from the placed node to the claimer
+            moved[row.node_id] = moved.get(row.node_id, 0) - 1
+            moved[node_id] = moved.get(node_id, 0) + 1
+    if moved:
+        conn.execute(_ADD_RUNNING, [{"b_node": n, "b_n": d} for n, d in sorted(moved.items()) if d])
+        uow.wake(*(f"node:{n}" for n in moved))
     expires = us_to_dt(lease_us)
     append(
         uow,
@@ -132,16 +166,26 @@ def _grant(uow: UnitOfWork, row: Row[Any], node_id: str, lease_s: float) -> Clai
                     node_id=node_id, attempt=row.attempt, lease_expires_at=expires
                 ),
             )
+            for row in rows
         ],
     )
-    uow.wake(f"unit:{row.id}")
-    unit = to_work_unit(row)
-    unit.status = WorkUnitStatus.CLAIMED
-    unit.node_id = node_id
-    unit.updated_at = us_to_dt(uow.now_us)
-    return ClaimReply.model_construct(
-        claim_token=token, attempt=row.attempt, lease_expires_at=expires, work_unit=unit
-    )
+    uow.wake(*(f"unit:{row.id}" for row in rows))
+    now = us_to_dt(uow.now_us)
+    replies = []
+    for row in rows:
+        unit = to_work_unit(row)
+        unit.status = WorkUnitStatus.CLAIMED
+        unit.node_id = node_id
+        unit.updated_at = now
+        replies.append(
+            ClaimReply.model_construct(
+                claim_token=tokens[row.id],
+                attempt=row.attempt,
+                lease_expires_at=expires,
+                work_unit=unit,
+            )
+        )
+    return replies
 
 
 def _existing_claim(uow: UnitOfWork, row: Row[Any], node_id: str) -> ClaimReply:
@@ -239,16 +283,14 @@ def poll_once(
         if node is None:
             return [], []
         free = node.max_concurrency - node.running
-        replies = []
+        chosen = []
         for r in rows:
             if r.node_id != node_id:
                 if free <= 0:
                     continue
                 free -= 1
-            full = load_unit(uow.conn, r.id)
-            assert full is not None
-            replies.append(_grant(uow, full, node_id, lease_s))
-        return [], replies
+            chosen.append(r)
+        return [], _grant_many(uow, chosen, node_id, lease_s) if chosen else []
 
 
 def _current_claim(uow: UnitOfWork, unit_id: str, node_id: str, token: str) -> Row[Any]:
