@@ -320,11 +320,6 @@ def test_llm_invocation_money_out_of_range_is_4xx(api: Api) -> None:
     assert len(all_events(api)) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared/money.py parse_money quantizes outside its try: Decimal InvalidOperation "
-    "for amounts beyond 28 digits escapes validation as a 500",
-)
 def test_llm_invocation_money_beyond_decimal_precision_is_4xx(api: Api) -> None:
     _, tenant = api.tenant()
     node = api.node("node-a")
