@@ -172,7 +172,9 @@ def _finish_batch(db: Database, batch: _Batch) -> None:
                     log.exception("deferred step %s failed; the batch commits without it", key)
             if db.is_postgres and batch.wakeups:
                 # Delivered to listeners only when (and if) the transaction commits.
-                batch.conn.execute(_PG_NOTIFY, {"topics": " ".join(sorted(batch.wakeups))[:7900]})
+                topics = " ".join(sorted(batch.wakeups))
+                # NOTIFY payloads are capped at 8000 bytes: past that, wake every waiter
+                batch.conn.execute(_PG_NOTIFY, {"topics": topics if len(topics) < 7900 else "*"})
             batch.outer.commit()
         else:
             batch.outer.rollback()

@@ -46,6 +46,8 @@ class Notifier:
                         del self._waiters[t]
 
     def _wake(self, topics: set[str]) -> None:
+        if "*" in topics:
+            topics = set(self._waiters)
         for t in topics:
             for fut in list(self._waiters.get(t, ())):
                 if not fut.done():
