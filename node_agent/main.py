@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from node_agent.cli import build_parser, settings_from_args
 from node_agent.client import ControlPlaneClient, Transport
 from node_agent.errors import ConfigError
 from node_agent.executors import build_executors
+from node_agent.executors.cpu import busy_handler_threads
 from node_agent.logs import configure_logging, log_event
 from node_agent.settings import AgentSettings
 from node_agent.state import NodeState
@@ -75,7 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_CONFIG
     try:
-        return asyncio.run(run_agent(settings))
+        code = asyncio.run(run_agent(settings))
     except ConfigError as exc:
         log_event("config_error", logging.ERROR, error=str(exc))
         return EXIT_CONFIG
+    stuck = busy_handler_threads()
+    if stuck:
+        # Python joins worker threads at exit; a handler that ignores cancellation would hold
+        # the process past its grace period. Its unit was already failed (or revoked).
+        log_event("exit_abandoning_handler_threads", logging.WARNING, threads=stuck)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import importlib
 import inspect
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -195,6 +196,27 @@ def build_registry(
 # --------------------------------------------------------------------------- executor
 
 
+class _ThreadCount:
+    """How many worker threads are inside a handler right now (across executors)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self.value += delta
+
+
+_BUSY = _ThreadCount()
+
+
+def busy_handler_threads() -> int:
+    """Worker threads still running a handler: ones that ignored cancellation keep the
+    process alive at exit, so ``main`` leaves without waiting for them."""
+    return _BUSY.value
+
+
 def _run_timed(handler: Handler, args: dict[str, Any], ctx: HandlerContext) -> tuple[Any, int]:
     start = time.thread_time()
     try:
@@ -204,6 +226,14 @@ def _run_timed(handler: Handler, args: dict[str, Any], ctx: HandlerContext) -> t
     except Exception as exc:
         raise HandlerError(f"handler {handler.name!r} raised {type(exc).__name__}: {exc}") from exc
     return result, cpu_ms(time.thread_time() - start)
+
+
+def _run_in_worker(handler: Handler, args: dict[str, Any], ctx: HandlerContext) -> tuple[Any, int]:
+    _BUSY.add(1)
+    try:
+        return _run_timed(handler, args, ctx)
+    finally:
+        _BUSY.add(-1)
 
 
 class CpuExecutor:
@@ -235,7 +265,9 @@ class CpuExecutor:
             result, used_ms = _run_timed(handler, args, ctx)
         else:
             loop = asyncio.get_running_loop()
-            result, used_ms = await loop.run_in_executor(self._pool, _run_timed, handler, args, ctx)
+            result, used_ms = await loop.run_in_executor(
+                self._pool, _run_in_worker, handler, args, ctx
+            )
         return Success(result=result, cpu_ms=used_ms)
 
     async def aclose(self) -> None:

@@ -64,7 +64,12 @@ class ServedControlPlane:
         self.url = f"http://127.0.0.1:{self.port}"
         self.loop = asyncio.new_event_loop()
         config = uvicorn.Config(
-            asgi(self.fake), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            asgi(self.fake),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="critical",  # a killed agent's cut long-poll is expected noise
+            lifespan="off",
+            timeout_graceful_shutdown=1,  # long-polls of a killed agent may still be held
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
@@ -100,6 +105,7 @@ def served() -> Iterator[ServedControlPlane]:
 def spawn(cp: ServedControlPlane, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KRAKO_", "OPENAI_"))}
     env["KRAKO_NODE_JOIN_TOKEN"] = "join-secret"  # from the environment, flags for the rest
+    env["PYTHONPATH"] = str(tmp_path)  # for --handler modules written by a test
     return subprocess.Popen(
         [
             sys.executable,
@@ -158,6 +164,32 @@ def test_sigterm_lets_the_running_unit_finish_then_exits_0(
     completed = [line for line in lines if line["event"] == "completed"]
     assert {line["unit"] for line in completed} == {"wu_0", "wu_1", "wu_2", "wu_slow"}
     assert events.index("shutdown_requested") < events.index("stopped")
+
+
+def test_sigterm_does_not_wait_for_a_handler_that_ignores_cancellation(
+    served: ServedControlPlane, tmp_path: Path
+) -> None:
+    (tmp_path / "stubborn.py").write_text(
+        "import time\ndef run(args):\n    time.sleep(60)\n    return {}\n"
+    )
+    fake = served.fake
+    served.call(fake.submit, "wu_stuck", payload={"handler": "stubborn"})
+    proc = spawn(served, tmp_path, "--handler", "stubborn=stubborn:run", "--grace-period", "0.3")
+    try:
+        served.wait(lambda: "wu_stuck" in fake.claims)
+        time.sleep(0.2)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert time.monotonic() - started < 5
+    failure = fake.failures["wu_stuck"][0]
+    assert failure["retryable"] is True and failure["error"]["code"] == "agent_shutdown"
+    events = [line["event"] for line in log_lines(err)]
+    assert "shutdown_grace_expired" in events and "exit_abandoning_handler_threads" in events
 
 
 def test_polls_flag_exits_by_itself_and_keeps_the_node_id(
