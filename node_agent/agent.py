@@ -88,6 +88,7 @@ class HeldUnit:
 
     @property
     def unit(self) -> WorkUnit:
+        """The claimed unit."""
         return self.claim.work_unit
 
     def abort(self, reason: str) -> None:
@@ -148,6 +149,7 @@ class Agent:
         self._registered_at = float("-inf")
         self._reregister_backoff = self._backoff()
         self._side_tasks: list[asyncio.Task[None]] = []
+        self._unit_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ public
 
@@ -189,14 +191,9 @@ class Agent:
             )
             return self._exit_code()
         finally:
-            for task in self._side_tasks:
+            pending = [*self._side_tasks, *self._unit_tasks]
+            for task in pending:
                 task.cancel()
-            for held in list(self._held.values()):
-                if held.task is not None:
-                    held.task.cancel()
-            pending = [t for t in self._side_tasks] + [
-                h.task for h in self._held.values() if h.task is not None
-            ]
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def aclose(self) -> None:
@@ -285,12 +282,18 @@ class Agent:
             else:
                 self._reregister_backoff.reset()
                 delay = 0.0
+            hint = (
+                "refused again soon after registering: is another agent using this node id?"
+                if delay
+                else None
+            )
             log_event(
                 "token_rejected",
                 WARNING,
                 node_id=self.node_id,
                 action="re-registering",
                 delay_s=round(delay, 3),
+                **({"hint": hint} if hint else {}),
             )
             if delay and await sleep_unless(self._abandon, delay):
                 return False
@@ -459,9 +462,24 @@ class Agent:
 
     def _start(self, claim: ClaimReply) -> None:
         unit = claim.work_unit
-        if unit.id in self._held:
-            log_event("claim_duplicate", WARNING, unit=unit.id, attempt=claim.attempt)
-            return
+        previous = self._held.get(unit.id)
+        if previous is not None:
+            if claim.attempt <= previous.claim.attempt:
+                log_event("claim_duplicate", WARNING, unit=unit.id, attempt=claim.attempt)
+                return
+            # Our older attempt lost its lease (the control plane moved on, then gave the unit
+            # back to us): its claim is stale, so stop it silently and run the new one.
+            log_event(
+                "superseded",
+                WARNING,
+                unit=unit.id,
+                attempt=previous.claim.attempt,
+                new_attempt=claim.attempt,
+            )
+            previous.revoked = True
+            previous.stop_reporting.set()
+            previous.abort(REVOKED)
+            del self._held[unit.id]
         held = HeldUnit(
             claim=claim, job=Job(unit=unit, attempt=claim.attempt, claim_token=claim.claim_token)
         )
@@ -472,6 +490,8 @@ class Agent:
             "claimed", logging.INFO, unit=unit.id, attempt=claim.attempt, kind=unit.kind.value
         )
         held.task = asyncio.create_task(self._run_unit(held), name=f"unit-{unit.id}")
+        self._unit_tasks.add(held.task)
+        held.task.add_done_callback(self._unit_tasks.discard)
 
     async def _run_unit(self, held: HeldUnit) -> None:
         unit = held.unit
@@ -492,7 +512,8 @@ class Agent:
                 "internal_error", extra={"krako_fields": {"unit": unit.id, "error": str(exc)}}
             )
         finally:
-            self._held.pop(unit.id, None)
+            if self._held.get(unit.id) is held:  # not if a newer attempt replaced it
+                del self._held[unit.id]
             self._changed.set()
             if not self._held:
                 self._idle.set()

@@ -41,6 +41,7 @@ class KeyValueFormatter(logging.Formatter):
     """``ts=... level=info event=claimed unit=wu_1 attempt=1``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """One ``key=value`` line."""
         parts = [
             f"ts={_timestamp(record)}",
             f"level={record.levelname.lower()}",
@@ -59,6 +60,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: ``{"ts": ..., "level": ..., "event": ..., ...fields}``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """One JSON object."""
         data: dict[str, Any] = {
             "ts": _timestamp(record),
             "level": record.levelname.lower(),

@@ -64,6 +64,7 @@ class NodeState:
 
     @property
     def node_id_path(self) -> Path:
+        """The file that holds the node id."""
         return self.directory / "node_id"
 
     def load_node_id(self) -> str | None:

@@ -204,6 +204,7 @@ class _ThreadCount:
         self.value = 0
 
     def add(self, delta: int) -> None:
+        """Count threads entering (+1) or leaving (-1) a handler."""
         with self._lock:
             self.value += delta
 

@@ -34,6 +34,7 @@ class LlmResponse:
 
     @property
     def total_tokens(self) -> int:
+        """Input plus output tokens."""
         return self.tokens_in + self.tokens_out
 
 

@@ -481,6 +481,28 @@ def test_revoked_unit_is_stopped_and_never_reported(make_settings: Settings) -> 
     assert not fake.stale_reports
 
 
+def test_a_newer_attempt_of_a_held_unit_supersedes_the_old_one(make_settings: Settings) -> None:
+    # Attempt 1 lost its lease while still running here; the control plane then gave
+    # attempt 2 to this same node. The stale attempt must stop and stay silent.
+    fake = FakeControlPlane()
+    fake.submit("wu_1", payload={"handler": "sleep", "args": {"ms": 10_000}}, attempt=1)
+    settings = make_settings()
+
+    async def scenario() -> None:
+        async with running(settings, fake) as (agent, task):
+            await fake.wait_until(lambda: "wu_1" in agent.held)
+            fake.submit("wu_1", payload={"handler": "sleep", "args": {"ms": 50}}, attempt=2)
+            await fake.wait_until(lambda: "wu_1" in fake.terminal)
+            await asyncio.sleep(0.1)
+            assert agent.held == []
+            await stop(agent, task)
+
+    asyncio.run(scenario())
+    [done] = fake.completions["wu_1"]
+    assert done["claim_token"] == "ct-wu_1-2" and done["result"] == {"slept_ms": 50}
+    assert not fake.stale_reports and not fake.failures
+
+
 def test_refused_join_token_exits_with_code_2(make_settings: Settings) -> None:
     fake = FakeControlPlane()
     settings = make_settings(node_join_token="wrong")
