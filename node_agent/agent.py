@@ -150,6 +150,7 @@ class Agent:
         self._reregister_backoff = self._backoff()
         self._side_tasks: list[asyncio.Task[None]] = []
         self._unit_tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
 
     # ------------------------------------------------------------------ public
 
@@ -526,7 +527,12 @@ class Agent:
             return UnsupportedKindError(f"this agent does not run {unit.kind.value!r} units")
         timeout = unit_timeout_s(unit.payload, self.settings.unit_timeout_s)
         held.executing = True
+        acquired = False
         try:
+            # Polls ask for free slots only, so this never waits unless the control plane
+            # hands out more claims than asked for: those wait here, held and heartbeated.
+            await self._slots.acquire()
+            acquired = True
             async with asyncio.timeout(timeout) as deadline:
                 return await executor.execute(held.job)
         except TimeoutError as exc:
@@ -547,6 +553,8 @@ class Agent:
             return HandlerError(f"executor failed: {type(exc).__name__}: {exc}")
         finally:
             held.executing = False
+            if acquired:
+                self._slots.release()
 
     async def _report(self, held: HeldUnit, outcome: Success | ExecutionError) -> None:
         unit, token = held.unit, held.claim.claim_token

@@ -74,6 +74,7 @@ class FakeControlPlane:
     heartbeat_interval_s: float = 0.05
     lease_s: float = 5.0
     offer_only: bool = False  # answer polls with assignments even when asked to claim
+    overdeliver: int = 0  # hand out this many more units than a poll asked for (a bug)
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     registrations: list[dict[str, Any]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
@@ -254,7 +255,8 @@ class FakeControlPlane:
                 await asyncio.wait_for(self._work.wait(), body["wait_s"])
             except TimeoutError:
                 pass
-        taken = [self.pending.popleft() for _ in range(min(body["max_units"], len(self.pending)))]
+        want = body["max_units"] + self.overdeliver
+        taken = [self.pending.popleft() for _ in range(min(want, len(self.pending)))]
         if body.get("claim") and not self.offer_only:
             return httpx.Response(
                 200, json={"assignments": [], "claims": [self._grant(node_id, u) for u in taken]}

@@ -151,8 +151,9 @@ def test_polls_n_exits_after_n_polls_once_held_units_finish(make_settings: Setti
     assert time.monotonic() - started >= 0.3
 
 
+@pytest.mark.parametrize("overdeliver", [0, 4])
 def test_max_concurrency_is_never_exceeded(
-    make_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overdeliver: int
 ) -> None:
     (tmp_path / "conc_handlers.py").write_text(
         "import threading, time\n"
@@ -174,6 +175,7 @@ def test_max_concurrency_is_never_exceeded(
     for i in range(12):
         fake.submit(f"wu_{i}", payload={"handler": "busy"})
     settings = make_settings(max_concurrency=3, agent_handlers=["busy=conc_handlers:busy"])
+    fake.overdeliver = overdeliver  # a control plane that hands out more than asked
 
     async def scenario() -> None:
         async with running(settings, fake) as (agent, task):
@@ -181,7 +183,7 @@ def test_max_concurrency_is_never_exceeded(
             await stop(agent, task)
 
     asyncio.run(scenario())
-    module = sys.modules["conc_handlers"]
+    module = sys.modules.pop("conc_handlers")
     assert module.peak == 3  # reached, never exceeded
     assert all(p["max_units"] <= 3 for p in fake.polls)
     assert len(fake.completions) == 12
