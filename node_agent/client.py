@@ -74,7 +74,6 @@ class ControlPlaneClient:
         transport: Transport | None = None,
         user_agent: str = "krako-agent",
     ) -> None:
-        self._http_timeout_s = http_timeout_s
         self._poll_margin_s = poll_timeout_margin_s
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
@@ -82,7 +81,7 @@ class ControlPlaneClient:
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-            headers={"User-Agent": user_agent},
+            headers={"User-Agent": user_agent, **_JSON},
             transport=transport,
         )
         self.node_token: str | None = None
@@ -101,17 +100,16 @@ class ControlPlaneClient:
         token: str | None = None,
         timeout_s: float | None = None,
     ) -> httpx.Response:
-        headers = dict(_JSON)
         bearer = token if token is not None else self.node_token
-        if bearer:
-            headers["Authorization"] = f"Bearer {bearer}"
-        timeout = httpx.Timeout(timeout_s if timeout_s is not None else self._http_timeout_s)
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
         try:
             response = await self._http.post(
                 path,
-                content=body.model_dump_json(exclude_unset=False),
+                content=body.model_dump_json(),
                 headers=headers,
-                timeout=timeout,
+                timeout=httpx.Timeout(timeout_s)
+                if timeout_s is not None
+                else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TimeoutException as exc:
             raise ControlPlaneUnavailable(f"timed out: POST {path}: {exc!r}") from exc
