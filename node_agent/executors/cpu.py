@@ -15,7 +15,8 @@ raises fails the attempt as retryable, unless it raised
 
 CPU time is the worker thread's own CPU time (``time.thread_time``) around the handler, so
 concurrent units do not inflate each other's bill. ``noop`` runs inline on the event loop:
-handing it to a thread would cost more than the work (see ``tests/agent`` and the report).
+handing it to a thread would cost far more than the work (measured on a 2-core box: a
+``run_in_executor`` round trip 50-75 us, the inline call under 1 us).
 """
 
 from __future__ import annotations
