@@ -125,9 +125,13 @@ def api(make_api: Callable[..., Api]) -> Api:
 PROBLEM_FIELDS = ("type", "title", "status", "detail", "code")
 
 
-def assert_problem(r: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    """``r`` is an RFC 9457 problem of ``status`` (and ``code``); returns its body."""
-    assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text}"
+def assert_problem(
+    r: Any, status: int, code: str | None = None, where: Any = None
+) -> dict[str, Any]:
+    """``r`` is an RFC 9457 problem of ``status`` (and ``code``); returns its body. ``where``
+    says which case of a table failed."""
+    context = f" [{where!r}]" if where is not None else ""
+    assert r.status_code == status, f"expected {status}, got {r.status_code}{context}: {r.text}"
     assert r.headers["content-type"].startswith("application/problem+json"), r.headers
     body = dict(r.json())
     for field in PROBLEM_FIELDS:
@@ -135,7 +139,7 @@ def assert_problem(r: Any, status: int, code: str | None = None) -> dict[str, An
     assert body["status"] == status, body
     assert body["code"] and body["code"].replace("_", "").isalnum(), body
     if code is not None:
-        assert body["code"] == code, body
+        assert body["code"] == code, f"{body}{context}"
     return body
 
 

@@ -135,7 +135,7 @@ def test_join_token_only_registers_nodes(api: Api) -> None:
         ("POST", f"/v1/nodes/{node_id}/heartbeat"),
         ("POST", f"/v1/nodes/{node_id}/poll"),
     ]:
-        body = {} if method == "POST" else None
+        body: dict[str, Any] | None = {} if method == "POST" else None
         assert_problem(api.client.request(method, path, json=body, headers=auth(JOIN)), 403)
 
 

@@ -129,7 +129,7 @@ def test_bad_submissions_are_4xx_and_change_nothing(api: Api, unchanged: Any) ->
             assert_problem(r, r.status_code)
         for name, body in BAD_SUBMIT_JSON:
             r = api.client.post("/v1/workunits", json=body, headers=tenant)
-            assert_problem(r, 422), name
+            assert_problem(r, 422, where=name)
         # the same bodies as batch items (but the key, which a batch item may carry): each
         # item is refused on its own, 200 overall
         items = [(n, b) for n, b in BAD_SUBMIT_JSON if n != "idempotency-key-in-single-body"]
@@ -222,7 +222,7 @@ def test_bad_bodies_on_every_other_route(api: Api, unchanged: Any) -> None:
     with unchanged():
         for method, path, headers, body in cases:
             r = api.client.request(method, path, json=body, headers=headers)
-            assert_problem(r, 422), (method, path, body)
+            assert_problem(r, 422, where=(method, path, body))
         for method, path, headers in [
             ("POST", "/v1/tenants", admin),
             ("POST", "/v1/nodes", auth(JOIN)),
@@ -310,7 +310,7 @@ def test_llm_invocation_money_out_of_range_is_4xx(api: Api) -> None:
             json=_invocation(claim["claim_token"], "inv-x", estimated_cost_usd=cost),
             headers=node,
         )
-        assert_problem(r, 422), cost
+        assert_problem(r, 422, where=cost)
     r = api.client.post(
         f"/v1/workunits/{unit['id']}/llm-invocations",
         json=_invocation(claim["claim_token"], "inv-y", tokens_in=2**70),
@@ -337,9 +337,10 @@ def test_query_parameters(api: Api) -> None:
     _, tenant = api.tenant()
     for path in ["/v1/workunits", "/v1/nodes", "/v1/events"]:
         headers = auth(ADMIN) if path == "/v1/nodes" else tenant
-        for params in [{"limit": 1001}, {"limit": 0}, {"limit": -1}, {"limit": "ten"}]:
+        bad_limits: list[dict[str, Any]] = [{"limit": 1001}, {"limit": 0}, {"limit": -1}]
+        for params in [*bad_limits, {"limit": "ten"}]:
             r = api.client.get(path, params=params, headers=headers)
-            assert_problem(r, 422), (path, params)
+            assert_problem(r, 422, where=(path, params))
         assert api.client.get(path, params={"limit": 1000}, headers=headers).status_code == 200
         if path == "/v1/events":
             continue
@@ -351,13 +352,20 @@ def test_query_parameters(api: Api) -> None:
 def test_enumerated_filters_and_waits(api: Api) -> None:
     _, tenant = api.tenant()
     unit = api.submit(tenant)
-    for params in [{"status": "done"}, {"status": "QUEUED"}, {"status": ""}]:
-        assert_problem(api.client.get("/v1/workunits", params=params, headers=tenant), 422)
-    for params in [{"type": "workunit.exploded"}, {"after": -1}, {"wait_s": 31}]:
-        assert_problem(api.client.get("/v1/events", params=params, headers=tenant), 422)
+    for status in ["done", "QUEUED", ""]:
+        r = api.client.get("/v1/workunits", params={"status": status}, headers=tenant)
+        assert_problem(r, 422, where=status)
+    bad_event_queries: list[dict[str, Any]] = [
+        {"type": "workunit.exploded"},
+        {"after": -1},
+        {"wait_s": 31},
+    ]
+    for params in bad_event_queries:
+        r = api.client.get("/v1/events", params=params, headers=tenant)
+        assert_problem(r, 422, where=params)
     for wait in ["31", "-1", "nan", "inf", "later"]:
         r = api.client.get(f"/v1/workunits/{unit['id']}", params={"wait_s": wait}, headers=tenant)
-        assert_problem(r, 422), wait
+        assert_problem(r, 422, where=wait)
     # valid values are accepted
     for status in ["queued", "scheduled", "claimed", "completed", "failed", "cancelled"]:
         r = api.client.get("/v1/workunits", params={"status": status}, headers=tenant)
@@ -543,7 +551,7 @@ def test_reports_with_a_bogus_claim_token_are_stale(api: Api) -> None:
             ("llm-invocations", _invocation(token, "inv-bogus")),
         ]:
             r = api.client.post(f"/v1/workunits/{unit['id']}/{action}", json=body, headers=node)
-            assert_problem(r, 409, "stale_claim"), (action, token)
+            assert_problem(r, 409, "stale_claim", where=(action, token))
     assert len(all_events(api)) == before
     r = api.client.get(f"/v1/workunits/{unit['id']}", headers=tenant)
     assert r.json()["status"] == "claimed"
