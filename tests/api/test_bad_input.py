@@ -4,6 +4,7 @@ nothing to the log (API.md conventions; DESIGN.md invariant 7)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -615,3 +616,26 @@ def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
     assert_problem(api.client.get("/v1/nothing-here", headers=tenant), 404)
     assert_problem(api.client.delete("/v1/workunits", headers=tenant), 405)
     assert_problem(api.client.put("/v1/tenants/me", json={}, headers=tenant), 405)
+
+
+def test_admission_refusal_is_429_with_retry_after_and_changes_nothing(api: Api) -> None:
+    _, tenant = api.tenant()
+    r = api.client.put(
+        "/v1/capacity/mode", json={"mode": "CRITICAL", "reason": "test"}, headers=auth(ADMIN)
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["mode"] == "CRITICAL"
+    before = len(all_events(api))
+    r = api.client.post("/v1/workunits", json=_unit(priority="p1"), headers=tenant)
+    assert_problem(r, 429, "admission_rejected")
+    assert re.fullmatch(r"[0-9]+", r.headers["retry-after"]), r.headers
+    r = api.client.post(
+        "/v1/workunits/batch", json={"units": [_unit(priority="p5")]}, headers=tenant
+    )
+    assert r.status_code == 200
+    [result] = r.json()["results"]
+    assert result["status"] == 429 and result["error"]["code"] == "admission_rejected"
+    assert len(all_events(api)) == before
+    # p0 is still admitted in CRITICAL
+    r = api.client.post("/v1/workunits", json=_unit(priority="p0"), headers=tenant)
+    assert r.status_code == 201, r.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from tests.api.conftest import ADMIN, Api, all_events, assert_problem, auth
@@ -412,3 +413,48 @@ def test_unit_events_in_log_order(api: Api) -> None:
         assert key in invocation
     assert invocation["pricing"]
     assert r.json() == api.client.get(f"{url}/events", headers=auth(ADMIN)).json()
+
+
+WORK_UNIT_FIELDS = {
+    "id",
+    "tenant_id",
+    "kind",
+    "execution_session_id",
+    "priority",
+    "region",
+    "payload",
+    "status",
+    "attempt",
+    "max_attempts",
+    "node_id",
+    "result",
+    "error",
+    "created_at",
+    "updated_at",
+}
+
+
+def test_work_unit_shape_and_defaults(api: Api) -> None:
+    tenant_id, tenant = api.tenant()
+    unit = api.submit(tenant)
+    assert set(unit) == WORK_UNIT_FIELDS
+    assert unit["tenant_id"] == tenant_id
+    assert unit["priority"] == "p1" and unit["region"] is None and unit["max_attempts"] == 3
+    assert unit["attempt"] == 1 and unit["status"] == "queued" and unit["node_id"] is None
+    for key in ("created_at", "updated_at"):
+        stamp = datetime.fromisoformat(unit[key].replace("Z", "+00:00"))
+        assert stamp.utcoffset() == timedelta(0), unit[key]
+    r = api.client.get(f"/v1/workunits/{unit['id']}", headers=tenant)
+    assert r.json() == unit
+
+
+def test_drained_node_gets_no_new_placements(api: Api) -> None:
+    _, tenant = api.tenant()
+    a = api.node("node-a")
+    api.node("node-b")
+    r = api.client.post("/v1/nodes/node-a/drain", headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    assert r.json()["drained"] is True
+    placed = {api.submit(tenant, execution_session_id=f"s{i}")["node_id"] for i in range(4)}
+    assert placed == {"node-b"}
+    assert api.poll("node-a", a)["claims"] == []
