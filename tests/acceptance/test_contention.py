@@ -182,3 +182,37 @@ def test_http_edges_over_a_real_socket(control_plane: Callable[..., ControlPlane
         assert c.get("/healthz").status_code == 200
         assert c.get("/metrics").text.startswith("#")
         assert _events(c, type="workunit.submitted") == []
+
+
+def test_concurrent_submits_with_one_idempotency_key_make_one_unit(
+    control_plane: Callable[..., ControlPlane],
+) -> None:
+    cp = control_plane()
+    with cp.client() as c:
+        r = c.post("/v1/tenants", json={"name": "idem"}, headers=auth(ADMIN))
+        tenant = {**auth(r.json()["api_key"]), "Idempotency-Key": "same-key"}
+        body = {"kind": "cpu", "execution_session_id": "s", "payload": {"handler": "noop"}}
+        clients = [cp.client() for _ in range(12)]
+        barrier = threading.Barrier(len(clients))
+        replies: list[tuple[int, str]] = []
+        lock = threading.Lock()
+
+        def submit(client: httpx.Client) -> None:
+            barrier.wait(timeout=10)
+            r = client.post("/v1/workunits", json=body, headers=tenant)
+            with lock:
+                replies.append((r.status_code, r.json().get("id", r.text)))
+
+        threads = [threading.Thread(target=submit, args=(cl,)) for cl in clients]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+        finally:
+            for cl in clients:
+                cl.close()
+        statuses = sorted(s for s, _ in replies)
+        assert statuses == [200] * (len(clients) - 1) + [201], replies
+        assert len({unit_id for _, unit_id in replies}) == 1, replies
+        assert len(_events(c, type="workunit.submitted")) == 1
