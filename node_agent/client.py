@@ -9,7 +9,8 @@ decision, because only the caller knows whether an operation is safe to repeat.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -25,7 +26,9 @@ from shared.wire import (
     ClaimReply,
     ClaimRequest,
     CompleteRequest,
+    CompletionReport,
     FailRequest,
+    FailureReport,
     HeartbeatReply,
     HeartbeatRequest,
     LlmInvocationReport,
@@ -34,6 +37,9 @@ from shared.wire import (
     PollReply,
     PollRequest,
     Problem,
+    ReportResult,
+    ReportsReply,
+    ReportsRequest,
 )
 
 Transport = httpx.AsyncBaseTransport
@@ -73,6 +79,7 @@ class ControlPlaneClient:
         max_connections: int = 16,
         transport: Transport | None = None,
         user_agent: str = "krako-agent",
+        batch_reports: bool = True,
     ) -> None:
         self._poll_margin_s = poll_timeout_margin_s
         self._http = httpx.AsyncClient(
@@ -85,9 +92,17 @@ class ControlPlaneClient:
             transport=transport,
         )
         self.node_token: str | None = None
+        self.node_id: str | None = None
+        # Completions and failures are sent in batches: while one batch request is in
+        # flight, the reports that come meanwhile wait and go together in the next one.
+        self.batch_reports = batch_reports
+        self._pending: list[tuple[Literal["c", "f"], BaseModel, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def aclose(self) -> None:
         """Close the connection pool."""
+        if self._flusher is not None:
+            self._flusher.cancel()
         await self._http.aclose()
 
     # ------------------------------------------------------------------ plumbing
@@ -157,6 +172,7 @@ class ControlPlaneClient:
         response = await self._send(path, body, token=join_token)
         registration: NodeRegistration = self._parse(NodeRegistration, response, path)
         self.node_token = registration.node_token
+        self.node_id = registration.node_id
         return registration
 
     async def heartbeat(self, node_id: str, body: HeartbeatRequest) -> HeartbeatReply:
@@ -184,9 +200,76 @@ class ControlPlaneClient:
         await self._send(f"/v1/workunits/{_id(unit_id)}/llm-invocations", body)
 
     async def complete(self, unit_id: str, body: CompleteRequest) -> None:
-        """``POST /v1/workunits/{id}/complete`` (the same completion again is a 200)."""
+        """Report success (the same completion again is a 200): batched through
+        ``POST /v1/nodes/{id}/reports``, or ``POST /v1/workunits/{id}/complete`` alone."""
+        if self.batch_reports and self.node_id is not None:
+            item = CompletionReport(work_unit_id=unit_id, **dict(body))
+            await self._enqueue("c", item)
+            return
         await self._send(f"/v1/workunits/{_id(unit_id)}/complete", body)
 
     async def fail(self, unit_id: str, body: FailRequest) -> None:
-        """``POST /v1/workunits/{id}/fail``."""
+        """Report failure: batched like ``complete``, or ``POST /v1/workunits/{id}/fail``."""
+        if self.batch_reports and self.node_id is not None:
+            await self._enqueue("f", FailureReport(work_unit_id=unit_id, **dict(body)))
+            return
         await self._send(f"/v1/workunits/{_id(unit_id)}/fail", body)
+
+    # ------------------------------------------------------------------ batched reports
+
+    async def _enqueue(self, kind: Literal["c", "f"], item: BaseModel) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((kind, item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        """Send what is pending, one batch request at a time, until nothing is left. Each
+        report's caller gets its own outcome, raised as the single-unit route would."""
+        while self._pending:
+            batch, self._pending = self._pending[:1000], self._pending[1000:]
+            batch = [entry for entry in batch if not entry[2].done()]
+            if not batch:
+                continue
+            node_id = self.node_id
+            assert node_id is not None
+            path = f"/v1/nodes/{_id(node_id)}/reports"
+            body = ReportsRequest(
+                completions=[i for k, i, _ in batch if k == "c"],  # type: ignore[misc]
+                failures=[i for k, i, _ in batch if k == "f"],  # type: ignore[misc]
+            )
+            try:
+                reply: ReportsReply = self._parse(ReportsReply, await self._send(path, body), path)
+                results = iter([*reply.completions, *reply.failures])
+                ordered = [e for e in batch if e[0] == "c"] + [e for e in batch if e[0] == "f"]
+                for (_, _, future), result in zip(ordered, results, strict=True):
+                    _settle(future, result, path)
+            except Exception as exc:  # the whole request failed: every caller retries
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+
+
+def _settle(future: asyncio.Future[None], result: ReportResult, path: str) -> None:
+    if future.done():
+        return
+    if result.status < 400:
+        future.set_result(None)
+        return
+    problem = result.error
+    code = problem.code if problem is not None else f"http_{result.status}"
+    detail = problem.detail if problem is not None else ""
+    if result.status >= 500 or result.status == 429:
+        future.set_exception(
+            ControlPlaneUnavailable(
+                f"POST {path} item answered {result.status}", status=result.status
+            )
+        )
+        return
+    error: type[RequestRejected] = RequestRejected
+    if result.status == 401:
+        error = Unauthorized
+    elif result.status == 409:
+        error = Conflict
+    future.set_exception(error(result.status, code, detail))

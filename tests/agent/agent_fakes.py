@@ -183,6 +183,8 @@ class FakeControlPlane:
             return self._heartbeat(node_id, body)
         if route == "poll":
             return await self._poll(node_id, body)
+        if route == "reports":
+            return await self._reports(request, body)
         unit_id = parts[2]
         if route == "claim":
             return self._claim_offer(node_id, unit_id, body)
@@ -212,6 +214,26 @@ class FakeControlPlane:
                 self.terminal[unit_id] = "failed"
             return httpx.Response(200, json=claim.unit)
         return problem(404, "not_found", path)
+
+    async def _reports(self, request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        """The batch route: each item is judged as its single-unit route would judge it
+        (scripted faults of ``complete`` / ``fail`` included)."""
+        out: dict[str, list[dict[str, Any]]] = {"completions": [], "failures": []}
+        for key, route in (("completions", "complete"), ("failures", "fail")):
+            for item in body.get(key, []):
+                fields = dict(item)
+                unit_id = fields.pop("work_unit_id")
+                path = f"/v1/workunits/{unit_id}/{route}"
+                self.requests.append(("POST", path, fields))
+                reply = await self._route(request, path, fields)
+                data = reply.json()
+                if reply.status_code >= 500 or reply.status_code == 429:
+                    return reply  # the whole batch answered like the single route
+                if reply.status_code < 400:
+                    out[key].append({"status": reply.status_code, "work_unit": data})
+                else:
+                    out[key].append({"status": reply.status_code, "error": data})
+        return httpx.Response(200, json=out)
 
     def _register(self, body: dict[str, Any]) -> httpx.Response:
         self.registrations.append(body)
