@@ -8,7 +8,7 @@ from control_plane.db.tables import nodes, work_units
 from control_plane.errors import NotFound
 from control_plane.eventlog.store import read_stream
 from control_plane.scheduler.rows import WORK_UNIT_COLUMNS, load_node, to_node, to_work_unit
-from shared.enums import WorkUnitStatus
+from shared.enums import Priority, WorkUnitKind, WorkUnitStatus
 from shared.events import Event
 from shared.wire import Node, WorkUnit
 
@@ -28,12 +28,18 @@ def list_units(
     session_id: str | None,
     after_id: str | None,
     limit: int,
+    kind: WorkUnitKind | None = None,
+    priority: Priority | None = None,
 ) -> list[WorkUnit]:
     query = select(*WORK_UNIT_COLUMNS)
     if tenant_id is not None:
         query = query.where(work_units.c.tenant_id == tenant_id)
     if status is not None:
         query = query.where(work_units.c.status == status.value)
+    if kind is not None:
+        query = query.where(work_units.c.kind == kind.value)
+    if priority is not None:
+        query = query.where(work_units.c.priority == priority.level)
     if session_id is not None:
         query = query.where(work_units.c.execution_session_id == session_id)
     if after_id is not None:

@@ -356,6 +356,9 @@ def test_enumerated_filters_and_waits(api: Api) -> None:
     for status in ["done", "QUEUED", ""]:
         r = api.client.get("/v1/workunits", params={"status": status}, headers=tenant)
         assert_problem(r, 422, where=status)
+    for name, value in [("kind", "gpu"), ("kind", "CPU"), ("priority", "p10"), ("priority", "1")]:
+        r = api.client.get("/v1/workunits", params={name: value}, headers=tenant)
+        assert_problem(r, 422, where=(name, value))
     bad_event_queries: list[dict[str, Any]] = [
         {"type": "workunit.exploded"},
         {"after": -1},

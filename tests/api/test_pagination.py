@@ -68,6 +68,20 @@ def test_work_unit_pages_walk_everything_exactly_once(api: Api) -> None:
         by_status[status] = {u["id"] for u in got}
     assert len(by_status["claimed"]) == 2
     assert set().union(*by_status.values()) == set(mine) | set(theirs)
+    # kind and priority filter too
+    llm = api.client.post(
+        "/v1/workunits",
+        json={"kind": "llm_pod", "execution_session_id": "s3", "priority": "p0",
+              "payload": {"prompt": "hi"}},
+        headers=a,
+    ).json()  # fmt: skip
+    got = _walk(api, "/v1/workunits", a, limit=2, kind="llm_pod")
+    assert [u["id"] for u in got] == [llm["id"]]
+    got = _walk(api, "/v1/workunits", a, limit=2, priority="p0")
+    assert [u["id"] for u in got] == [llm["id"]]
+    got = _walk(api, "/v1/workunits", a, limit=5, kind="cpu", priority="p1")
+    assert sorted(u["id"] for u in got) == sorted(mine)
+    mine.append(llm["id"])
     # the admin walks every tenant's units
     everything = [u["id"] for u in _walk(api, "/v1/workunits", auth(ADMIN), limit=6)]
     assert len(everything) == len(set(everything))

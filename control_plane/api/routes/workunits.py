@@ -24,7 +24,7 @@ from control_plane.billing.budget import budget_hook, record_refusal
 from control_plane.errors import BadRequest, KrakoError
 from control_plane.eventlog.wait import wait_for
 from control_plane.scheduler import claims, queries, workunits
-from shared.enums import WorkUnitStatus
+from shared.enums import Priority, WorkUnitKind, WorkUnitStatus
 from shared.wire import (
     MAX_WAIT_S,
     BatchReply,
@@ -122,7 +122,8 @@ async def submit_batch(body: BatchSubmit, p: TenantP, db: DbDep, ctx: CtxDep) ->
     "",
     operation_id="list_work_units",
     summary="List work units",
-    description="A tenant sees its own units; the admin sees all. Paginated by cursor.",
+    description="A tenant sees its own units; the admin sees all. Filters: status, kind, "
+    "priority (unknown values are 422) and execution_session_id. Paginated by cursor.",
     responses=responses(401, 403, 413, 422),
 )
 async def list_units(
@@ -133,6 +134,8 @@ async def list_units(
     execution_session_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     cursor: str | None = None,
+    kind: WorkUnitKind | None = None,
+    priority: Priority | None = None,
 ) -> Page[WorkUnit]:
     secret = settings.admin_token or ""
     scope = f"workunits:{p.tenant_id or '*'}"
@@ -141,7 +144,7 @@ async def list_units(
     def load() -> list[WorkUnit]:
         with db.engine.connect() as conn:
             return queries.list_units(
-                conn, p.tenant_id, status, execution_session_id, after, limit + 1
+                conn, p.tenant_id, status, execution_session_id, after, limit + 1, kind, priority
             )
 
     units = await run_in_threadpool(load)
