@@ -9,7 +9,8 @@ Measures, per backend:
 Baseline in the same run: a bare uvicorn + FastAPI app answering a trivial POST, hit by the
 same client (requests/s), which bounds what any HTTP task API can do here.
 
-    python bench/e2e.py [--units 5000] [--agents 2] [--concurrency 64] [--backends sqlite,postgresql]
+    python bench/e2e.py [--units 5000] [--agents 2] [--concurrency 64]
+                        [--backends sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def run(name: str, db_url: str, data_dir: Path, args: argparse.Namespace) -> Non
                 rtts.append((time.perf_counter() - t1) * 1000)
             replay = c.post("/v1/billing/replay", headers=admin).json()
         print(
-            f"\n== {name}: {args.units} no-op units, {args.agents} agents x {args.concurrency} slots"
+            f"\n== {name}: {args.units} no-op units, "
+            f"{args.agents} agents x {args.concurrency} slots"
         )
         print(f"submit (batch 1000):     {submit_rate:>10,.0f} units/s")
         print(f"drain (end to end):      {drain_rate:>10,.0f} units/s (durable, billed)")

@@ -87,7 +87,8 @@ def _setup_raw(db: Database) -> None:
         conn.execute(
             text(
                 f"CREATE TABLE raw_bench (seq {serial}, event_id VARCHAR(200) UNIQUE NOT NULL, "
-                "type VARCHAR(64) NOT NULL, stream_id VARCHAR(200) NOT NULL, payload TEXT NOT NULL, "
+                "type VARCHAR(64) NOT NULL, stream_id VARCHAR(200) NOT NULL, "
+                "payload TEXT NOT NULL, "
                 "recorded_at_us BIGINT NOT NULL)"
             )
         )
@@ -107,10 +108,12 @@ def run_backend(name: str, url: str, n: int) -> None:
     print(f"\n== {name}")
     print(f"{'shape':<28}{'raw INSERT/s':>14}{'event log/s':>14}{'log/raw':>10}")
     print(
-        f"{'1 event per commit':<28}{raw_single:>14,.0f}{log_single:>14,.0f}{log_single / raw_single:>10.2f}"
+        f"{'1 event per commit':<28}{raw_single:>14,.0f}{log_single:>14,.0f}"
+        f"{log_single / raw_single:>10.2f}"
     )
     print(
-        f"{'100 events per commit':<28}{raw_batch:>14,.0f}{log_batch:>14,.0f}{log_batch / raw_batch:>10.2f}"
+        f"{'100 events per commit':<28}{raw_batch:>14,.0f}{log_batch:>14,.0f}"
+        f"{log_batch / raw_batch:>10.2f}"
     )
     print(f"read-after (pages of 1000): {read_rate:,.0f} events/s over {count:,} events")
 

@@ -4,7 +4,7 @@ from tests.api.conftest import Api
 
 
 def test_submit_poll_claim_complete(api: Api) -> None:
-    tenant_id, th = api.tenant()
+    _, th = api.tenant()
     nh = api.node("node-a")
     unit = api.submit(th)
     assert unit["status"] == "scheduled"

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from control_plane.db.engine import Database
 from control_plane.db.uow import read_connection, write_transaction
@@ -57,7 +58,7 @@ def test_append_idempotent_returns_stored_event_and_appends_nothing(db: Database
 def test_plain_append_of_a_known_id_is_refused_by_the_database(db: Database) -> None:
     with write_transaction(db) as uow:
         append(uow, [node_event("dup")])
-    with pytest.raises(Exception), write_transaction(db) as uow:
+    with pytest.raises(IntegrityError), write_transaction(db) as uow:
         append(uow, [node_event("dup")])
     with read_connection(db) as conn:
         assert len(read_after(conn, 0)) == 1
@@ -194,7 +195,9 @@ ids = st.text(alphabet="abcdef0123456789", min_size=1, max_size=6)
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(batches=st.lists(st.lists(ids, min_size=1, max_size=5), min_size=1, max_size=6))
-def test_property_idempotent_append_and_ordered_reads(db: Database, batches: list[list[str]]) -> None:
+def test_property_idempotent_append_and_ordered_reads(
+    db: Database, batches: list[list[str]]
+) -> None:
     prefix = uuid.uuid4().hex[:6]
     expected: list[str] = []
     for batch in batches:
