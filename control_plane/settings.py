@@ -54,10 +54,20 @@ class Settings(BaseSettings):
     scheduler_offer_fanout: int = Field(
         default=1, ge=1, le=16, description="Offer each unit to its k best candidates."
     )
-    scheduler_weight_free_capacity: float = Field(default=1.0, ge=0)
-    scheduler_weight_load: float = Field(default=0.5, ge=0)
-    scheduler_weight_trust: float = Field(default=1.0, ge=0)
-    scheduler_weight_region: float = Field(default=0.5, ge=0)
+    scheduler_weight_free_capacity: float = Field(
+        default=1.0, ge=0, description="Placement score weight of a node's free-slot fraction."
+    )
+    scheduler_weight_load: float = Field(
+        default=0.5, ge=0, description="Placement score weight of low reported load."
+    )
+    scheduler_weight_trust: float = Field(
+        default=1.0, ge=0, description="Placement score weight of the node's trust score."
+    )
+    scheduler_weight_region: float = Field(
+        default=0.5,
+        ge=0,
+        description="Placement score bonus when the node is in the unit's region.",
+    )
     scheduler_streak_limit: int = Field(
         default=3, ge=1, description="Max consecutive units of a session on one node."
     )
@@ -79,12 +89,22 @@ class Settings(BaseSettings):
     )
 
     autoscaler_actuator: str = Field(default="log", description="log | local | webhook")
-    autoscaler_min_nodes: int = Field(default=0, ge=0)
-    autoscaler_max_nodes: int = Field(default=10, ge=0)
-    autoscaler_webhook_url: str | None = None
-    autoscaler_webhook_secret: str | None = None
+    autoscaler_min_nodes: int = Field(
+        default=0, ge=0, description="The autoscaler never asks for fewer nodes."
+    )
+    autoscaler_max_nodes: int = Field(
+        default=10, ge=0, description="The autoscaler never asks for more nodes."
+    )
+    autoscaler_webhook_url: str | None = Field(
+        default=None, description="Where the webhook actuator POSTs scale requests."
+    )
+    autoscaler_webhook_secret: str | None = Field(
+        default=None, description="HMAC-SHA256 key signing webhook bodies (X-Krako-Signature)."
+    )
 
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(
+        default=10, ge=1, description="Database connections kept open per control-plane process."
+    )
 
     @property
     def resolved_database_url(self) -> str:
