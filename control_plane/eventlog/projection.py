@@ -32,6 +32,10 @@ class Projection:
 
 def run_once(db: Database, projection: Projection, batch: int = 1000) -> int:
     """Fold one batch past the checkpoint; returns how many events were consumed."""
+    with db.engine.connect() as conn:
+        # a cheap look first: an idle consumer takes no write lock
+        if not read_after(conn, get_checkpoint(conn, projection.name), 1):
+            return 0
     with write_transaction(db) as uow:
         after = get_checkpoint(uow.conn, projection.name)
         events = read_after(uow.conn, after, batch)
