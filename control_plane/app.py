@@ -15,6 +15,8 @@ from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimitMiddleware
 from control_plane.api.deps import AuthCache
 from control_plane.api.routes import billing, capacity, events, nodes, ops, tenants, workunits
+from control_plane.billing import snapshots
+from control_plane.billing.sink import LedgerSink
 from control_plane.billing.stamps import ensure_billing
 from control_plane.billing.store import catch_up
 from control_plane.db.engine import Database, create_database
@@ -76,9 +78,11 @@ def background_loops(app: FastAPI) -> list[Loop]:
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         offer_timeout_s=max(settings.lease_s, 2 * settings.heartbeat_interval_s),
     )
+    sink: LedgerSink | None = app.state.ledger_sink
     return [
         Loop("sweep", settings.lease_reaper_interval_s, lambda: sweep(db, ctx, timings)),
         Loop("billing", 0.5, lambda: catch_up(db)),
+        *([Loop("ledger-sink", 0.5, lambda: sink.sync(db))] if sink is not None else []),
     ]
 
 
@@ -93,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = 256
         db = await asyncio.to_thread(prepare_database, settings)
         app.state.db = db
+        snapshots.configure(db, settings.wallet_snapshot_every)
         set_publisher(db, notifier.publish)
         listener: PgListener | None = None
         if db.is_postgres:
@@ -124,6 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.notifier = Notifier()
     app.state.auth_cache = AuthCache()
     app.state.scheduler_ctx = scheduler_context(settings)
+    path = settings.ledger_jsonl_path
+    app.state.ledger_sink = LedgerSink(path) if path is not None else None
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     for module in (tenants, workunits, nodes, events, billing, capacity, ops):

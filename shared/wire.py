@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -504,6 +504,23 @@ class ReplayReport(Wire):
     replay_digest: str
     events_replayed: int
     ledger_entries: int
+    as_of_seq: int | None = Field(
+        default=None,
+        description="The billing consumer's checkpoint both sides were compared at: the live "
+        "state and the replay of every event up to this seq.",
+    )
+    from_snapshot_seq: int | None = Field(
+        default=None,
+        description="With from_snapshot=true: the checkpoint of the wallet snapshot the replay "
+        "started from (events_replayed counts only the events after it); null when the replay "
+        "started from the first event.",
+    )
+    jsonl_sink: Literal["identical", "rebuilt"] | None = Field(
+        default=None,
+        description="With KRAKO_LEDGER_JSONL_PATH set: 'identical' when the JSONL file already "
+        "equalled the replayed ledger's canonical JSONL, 'rebuilt' when it was rewritten; null "
+        "without a sink.",
+    )
 
 
 class Anomaly(Wire):

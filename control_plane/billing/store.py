@@ -5,23 +5,32 @@ with its checkpoint in the same transaction (``eventlog.projection``), using the
 bill twice; only lines actually inserted reach the wallets.
 
 It also releases the budget commitments of units that reached a terminal state, in the same
-transaction, so that ``wallet spend + committed`` is exact at every commit.
+transaction, so that ``wallet spend + committed`` is exact at every commit, and stores a wallet
+snapshot when one is due (``snapshots``).
+
+Reads: ``iter_lines`` streams the ledger in canonical order (``(source_seq, key)``, the order of
+``canonical.ledger_jsonl``), whole events at a time, without loading it all; ``read_snapshot``
+opens one consistent read of ledger, wallets, checkpoint and log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
+from itertools import groupby
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, select, tuple_, update
+from sqlalchemy import Connection, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from control_plane.billing.canonical import ledger_order
 from control_plane.billing.policy import DEFAULT_POLICY, BillingPolicy, fold_policy
 from control_plane.billing.projection import bill_events
 from control_plane.billing.rules import LedgerLine, as_utc
+from control_plane.billing.snapshots import WalletSnapshot, snapshot_due, store_snapshot
 from control_plane.billing.wallets import WalletState, fold_wallets
 from control_plane.db.engine import Database
 from control_plane.db.tables import events as events_table
@@ -75,11 +84,9 @@ def _insert_lines(uow: UnitOfWork, lines: Sequence[LedgerLine]) -> list[LedgerLi
     ]
     ins = pg_insert(ledger_entries) if uow.is_postgres else sqlite_insert(ledger_entries)
     stmt = ins.on_conflict_do_nothing().returning(ledger_entries.c.entry_id)
-    inserted: set[str] = set()
-    for row in rows:
-        got = uow.conn.execute(stmt, row).scalar()
-        if got is not None:
-            inserted.add(str(got))
+    # One statement for the batch (multi-row VALUES): a line already stored (a re-delivery,
+    # another replica) returns nothing, so only new lines reach the wallets.
+    inserted = {str(got) for got in uow.conn.execute(stmt, rows).scalars()}
     return [ln for ln in lines if ln.entry_id in inserted]
 
 
@@ -150,6 +157,8 @@ def _release_commitments(uow: UnitOfWork, events: Sequence[Event]) -> None:
 
 
 def handle(uow: UnitOfWork, events: Sequence[Event]) -> None:
+    """Fold ``events`` (the batch past the checkpoint, in seq order; the caller moves the
+    checkpoint to the last one in the same transaction)."""
     policy = policy_as_of(uow.conn, events[0].seq - 1)
     batch = bill_events(policy, events)
     new_lines = _insert_lines(uow, batch.lines)
@@ -159,6 +168,9 @@ def handle(uow: UnitOfWork, events: Sequence[Event]) -> None:
         folded = fold_wallets(current, new_lines)
         _store_wallets(uow, {t: folded[t] for t in tenants_touched}, set(current))
     _release_commitments(uow, events)
+    checkpoint_after = events[-1].seq
+    if snapshot_due(uow.conn, checkpoint_after):
+        store_snapshot(uow, WalletSnapshot(checkpoint_after, batch.policy, all_wallets(uow.conn)))
 
 
 BILLING_PROJECTION = Projection(CONSUMER, handle)
@@ -220,28 +232,86 @@ def ledger_page(
     return [_entry(r) for r in conn.execute(query)]
 
 
-def all_lines(conn: Connection) -> list[LedgerLine]:
-    rows = conn.execute(
-        select(ledger_entries).order_by(ledger_entries.c.source_seq, ledger_entries.c.entry_id)
+def _line(r: Any) -> LedgerLine:
+    return LedgerLine(
+        entry_id=r.entry_id,
+        source_event_id=r.source_event_id,
+        source_seq=int(r.source_seq),
+        line_item_type=LineItemType(r.line_item_type),
+        tenant_id=r.tenant_id,
+        work_unit_id=r.work_unit_id,
+        execution_session_id=r.execution_session_id,
+        quantity=r.quantity,
+        unit=r.unit,
+        pricing=orjson.loads(r.pricing),
+        amount_usd=from_micros(r.amount_micros),
+        recorded_at=as_utc(us_to_dt(r.recorded_at_us)),
+        sub_key=r.sub_key,
     )
-    return [
-        LedgerLine(
-            entry_id=r.entry_id,
-            source_event_id=r.source_event_id,
-            source_seq=int(r.source_seq),
-            line_item_type=LineItemType(r.line_item_type),
-            tenant_id=r.tenant_id,
-            work_unit_id=r.work_unit_id,
-            execution_session_id=r.execution_session_id,
-            quantity=r.quantity,
-            unit=r.unit,
-            pricing=orjson.loads(r.pricing),
-            amount_usd=from_micros(r.amount_micros),
-            recorded_at=as_utc(us_to_dt(r.recorded_at_us)),
-            sub_key=r.sub_key,
-        )
-        for r in rows
-    ]
+
+
+def all_lines(conn: Connection) -> list[LedgerLine]:
+    """The whole ledger in canonical order (prefer ``iter_lines`` for large ledgers)."""
+    return list(iter_lines(conn))
+
+
+def iter_lines(
+    conn: Connection,
+    after_seq: int = 0,
+    tenant_id: str | None = None,
+    upto_seq: int | None = None,
+    page: int = 2000,
+) -> Iterator[LedgerLine]:
+    """Lines with ``after_seq < source_seq (<= upto_seq)`` in canonical order
+    (``canonical.ledger_order``), streamed in pages that always hold whole events, so the
+    lines of one event are sorted together whatever order the database returns them in."""
+    base = select(ledger_entries)
+    if tenant_id is not None:
+        base = base.where(ledger_entries.c.tenant_id == tenant_id)
+    if upto_seq is not None:
+        base = base.where(ledger_entries.c.source_seq <= upto_seq)
+    after = after_seq
+    while True:
+        rows = conn.execute(
+            base.where(ledger_entries.c.source_seq > after)
+            .order_by(ledger_entries.c.source_seq, ledger_entries.c.entry_id)
+            .limit(page)
+        ).all()
+        if not rows:
+            return
+        if len(rows) == page:
+            last = int(rows[-1].source_seq)
+            rows = [r for r in rows if int(r.source_seq) != last]
+            if not rows:  # one event fills the page: read all of its lines
+                rows = list(conn.execute(base.where(ledger_entries.c.source_seq == last)))
+        for _, group in groupby(rows, key=lambda r: int(r.source_seq)):
+            yield from sorted((_line(r) for r in group), key=ledger_order)
+        after = int(rows[-1].source_seq)
+
+
+def count_lines(conn: Connection, upto_seq: int | None = None) -> int:
+    """How many lines the ledger holds (with ``source_seq <= upto_seq`` when given)."""
+    query = select(func.count()).select_from(ledger_entries)
+    if upto_seq is not None:
+        query = query.where(ledger_entries.c.source_seq <= upto_seq)
+    return int(conn.execute(query).scalar_one())
+
+
+def lines_at(conn: Connection, source_seq: int) -> list[LedgerLine]:
+    """The lines of the event at ``source_seq``, in canonical order."""
+    rows = conn.execute(select(ledger_entries).where(ledger_entries.c.source_seq == source_seq))
+    return sorted((_line(r) for r in rows), key=ledger_order)
+
+
+@contextmanager
+def read_snapshot(db: Database) -> Iterator[Connection]:
+    """One consistent read (REPEATABLE READ on PostgreSQL; one read transaction on SQLite, WAL
+    keeps its snapshot) of ledger, wallets, checkpoint and log; nothing is written."""
+    with db.engine.connect() as raw:
+        conn = raw.execution_options(isolation_level="REPEATABLE READ") if db.is_postgres else raw
+        with conn.begin() as tx:
+            yield conn
+            tx.rollback()
 
 
 def all_wallets(conn: Connection) -> dict[str, WalletState]:

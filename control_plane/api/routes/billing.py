@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.api.deps import Admin, DbDep, SettingsDep, TenantOrAdmin
@@ -19,7 +18,8 @@ from control_plane.billing import store
 from control_plane.billing.anomalies import find_anomalies
 from control_plane.billing.canonical import canonical_line
 from control_plane.billing.pricing import rate_str
-from control_plane.billing.projection import verify_replay
+from control_plane.billing.replay import replay as replay_billing
+from control_plane.billing.sink import LedgerSink
 from control_plane.billing.stamps import change_model_price, load_table
 from control_plane.db.engine import Database
 from control_plane.db.uow import write_transaction
@@ -42,10 +42,10 @@ router = APIRouter(prefix="/v1/billing", tags=["billing"])
 NDJSON = "application/x-ndjson"
 
 
-def _snapshot(conn: Connection, db: Database) -> Connection:
-    if db.is_postgres:
-        return conn.execution_options(isolation_level="REPEATABLE READ")
-    return conn
+def _sink(request: Request) -> LedgerSink | None:
+    """The process's JSONL sink (``KRAKO_LEDGER_JSONL_PATH``), if one is configured."""
+    sink: LedgerSink | None = getattr(request.app.state, "ledger_sink", None)
+    return sink
 
 
 @router.get(
@@ -54,7 +54,9 @@ def _snapshot(conn: Connection, db: Database) -> Connection:
     summary="Ledger lines",
     description="Lines in (source_seq, entry_id) order. A tenant sees its own; the admin all, "
     "or one tenant's with tenant_id. With 'Accept: application/x-ndjson' the whole selection "
-    "streams as canonical JSONL (sorted keys, fixed 6-decimal money), one line per entry.",
+    "streams as canonical JSONL (sorted keys, fixed 6-decimal money), one line per entry, in "
+    "canonical ledger order (source_seq, then line-item type and sub-key): the admin's full "
+    "export is byte for byte the JSONL sink's file and the replayed ledger.",
     responses={
         200: {"content": {NDJSON: {}}, "description": "JSON page or JSONL stream"},
         **responses(401, 403, 422),
@@ -97,14 +99,15 @@ async def ledger(
 
 
 def _jsonl(db: Database, tenant_id: str | None, after: int) -> Iterator[bytes]:
-    key: tuple[int, str] | None = None
-    with db.engine.connect() as conn:
-        while True:
-            page = store.ledger_page(conn, tenant_id, after, key, 1000)
-            if not page:
-                return
-            yield "".join(canonical_line(e) + "\n" for e in page).encode()
-            key = (page[-1].source_seq, page[-1].entry_id)
+    with store.read_snapshot(db) as conn:
+        chunk: list[str] = []
+        for line in store.iter_lines(conn, after_seq=after, tenant_id=tenant_id):
+            chunk.append(canonical_line(line) + "\n")
+            if len(chunk) >= 1000:
+                yield "".join(chunk).encode()
+                chunk = []
+        if chunk:
+            yield "".join(chunk).encode()
 
 
 @router.get(
@@ -134,21 +137,22 @@ async def wallet(tenant_id: str, p: TenantOrAdmin, db: DbDep) -> Wallet:
     operation_id="replay_billing",
     summary="Verify billing by replay (admin)",
     description="Rebuilds ledger and wallets from the event log alone, in isolation, and "
-    "compares the sha256 digest of their canonical JSONL with the live state's.",
-    responses=responses(401, 403),
+    "compares the sha256 digest of their canonical JSONL with the live state's, both at the "
+    "billing consumer's checkpoint (as_of_seq). With from_snapshot=true the replay starts from "
+    "the latest wallet snapshot and folds only the events after it (the live lines before it "
+    "must add up to the snapshot's wallets). With a JSONL sink configured, the file is compared "
+    "with the replayed ledger's canonical JSONL and rebuilt when it differs (jsonl_sink).",
+    responses=responses(401, 403, 422),
 )
-async def replay(_: Admin, db: DbDep) -> ReplayReport:
-    await run_in_threadpool(store.catch_up, db)
-
-    def run() -> ReplayReport:
-        with db.engine.connect() as raw:
-            conn = _snapshot(raw, db)
-            upto = store.checkpoint(conn)
-            lines = store.all_lines(conn)
-            wallets = store.all_wallets(conn)
-            return verify_replay(store.events_upto(conn, upto), lines, wallets, upto)
-
-    return await run_in_threadpool(run)
+async def replay(
+    _: Admin,
+    db: DbDep,
+    request: Request,
+    from_snapshot: Annotated[
+        bool, Query(description="Start from the latest wallet snapshot instead of seq 0.")
+    ] = False,
+) -> ReplayReport:
+    return await run_in_threadpool(replay_billing, db, from_snapshot, _sink(request))
 
 
 @router.get(
@@ -164,8 +168,7 @@ async def anomalies(_: Admin, db: DbDep, settings: SettingsDep) -> AnomalyReport
     await run_in_threadpool(store.catch_up, db)
 
     def run() -> AnomalyReport:
-        with db.engine.connect() as raw:
-            conn = _snapshot(raw, db)
+        with store.read_snapshot(db) as conn:
             upto = store.checkpoint(conn)
             lines = store.all_lines(conn)
             events = list(store.events_upto(conn, upto))
