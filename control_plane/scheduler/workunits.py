@@ -7,6 +7,7 @@ unit rows and the placement of whatever can run now all commit together.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,13 +111,31 @@ def validate_text(item: WorkUnitSubmit, key: str | None) -> None:
 
 def ensure_storable(value: Any, what: str) -> None:
     """Refuse (422) a JSON value the log cannot store: integers beyond 64 bits, lone
-    surrogates, nesting deeper than the encoder allows."""
+    surrogates, nesting deeper than the encoder allows, and NaN or infinities (which the
+    encoder would silently turn into null)."""
+    # (a model's JSON dump already has NaN as null: judge its Python values for that)
+    raw = value.model_dump() if isinstance(value, BaseModel) else value
     try:
-        if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json")
-        orjson.dumps(value)
+        orjson.dumps(value.model_dump(mode="json") if isinstance(value, BaseModel) else value)
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"{what} cannot be stored as JSON: {exc}")
+    if not _all_finite(raw):
+        raise BadRequest(f"{what} cannot be stored as JSON: NaN and infinities are not JSON")
+
+
+def _all_finite(value: Any) -> bool:
+    # iterative: the encoder above has already bounded the depth
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
 
 
 def request_hash(item: WorkUnitSubmit) -> str:

@@ -62,6 +62,14 @@ BAD_SUBMIT_RAW: list[tuple[str, bytes]] = [
         b'{"kind":"cpu","execution_session_id":"s","payload":{"handler":"noop","a":"\\ud800"}}',
     ),
     (
+        "payload-nan",
+        b'{"kind":"cpu","execution_session_id":"s","payload":{"handler":"noop","a":NaN}}',
+    ),
+    (
+        "payload-infinity",
+        b'{"kind":"cpu","execution_session_id":"s","payload":{"handler":"noop","a":[1e400]}}',
+    ),
+    (
         "session-lone-surrogate",
         b'{"kind":"cpu","execution_session_id":"s\\udfff","payload":{"handler":"noop"}}',
     ),
@@ -270,6 +278,8 @@ def test_unrepresentable_values_in_ids_and_queries(api: Api, unchanged: Any) -> 
             ("complete", b'{"claim_token":"%s","result":"\\ud800"}' % token.encode()),
             ("complete", b'{"claim_token":"%s","cpu_ms":%s}' % (token.encode(), b"9" * 25)),
             ("fail", b'{"claim_token":"%s","error":%s}' % (token.encode(), b"9" * 25)),
+            ("complete", b'{"claim_token":"%s","result":{"x":Infinity}}' % token.encode()),
+            ("fail", b'{"claim_token":"%s","error":[NaN]}' % token.encode()),
             ("heartbeat", b'{"running":["a\\ud800"]}'),
             ("heartbeat", b'{"running":["a\\u0000"]}'),
         ]
