@@ -35,6 +35,14 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/capacity", None),
     ("PUT", "/v1/capacity/mode", {"mode": "OPEN", "reason": "test"}),
     ("DELETE", "/v1/capacity/mode", None),
+    ("POST", "/v1/nodes/{node}/reports", {"completions": [], "failures": []}),
+    ("PUT", "/v1/tenants/{tenant}/limits", {}),
+    ("GET", "/v1/billing/ledger", None),
+    ("GET", "/v1/billing/wallets/{tenant}", None),
+    ("POST", "/v1/billing/replay", None),
+    ("GET", "/v1/billing/anomalies", None),
+    ("GET", "/v1/billing/prices", None),
+    ("PUT", "/v1/billing/budgets/{tenant}", {"budget_usd": "1.000000"}),
 ]
 
 # who may call each route (the rest get 403)
@@ -60,6 +68,14 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/capacity"): {"tenant", "admin"},
     ("PUT", "/v1/capacity/mode"): {"admin"},
     ("DELETE", "/v1/capacity/mode"): {"admin"},
+    ("POST", "/v1/nodes/{node}/reports"): {"node"},
+    ("PUT", "/v1/tenants/{tenant}/limits"): {"admin"},
+    ("GET", "/v1/billing/ledger"): {"tenant", "admin"},
+    ("GET", "/v1/billing/wallets/{tenant}"): {"tenant", "admin"},
+    ("POST", "/v1/billing/replay"): {"admin"},
+    ("GET", "/v1/billing/anomalies"): {"admin"},
+    ("GET", "/v1/billing/prices"): {"tenant", "admin"},
+    ("PUT", "/v1/billing/budgets/{tenant}"): {"admin"},
 }
 
 
@@ -71,8 +87,9 @@ def _call(
     headers: dict[str, str],
     unit: str = "wu_missing",
     node: str = "node-a",
+    tenant: str = "ten_missing",
 ) -> Any:
-    path = template.format(unit=unit, node=node)
+    path = template.format(unit=unit, node=node, tenant=tenant)
     return api.client.request(method, path, json=body, headers=headers)
 
 
@@ -86,19 +103,20 @@ BAD_HEADERS: list[dict[str, str]] = [
 
 
 def test_no_or_unknown_token_is_401_everywhere(api: Api) -> None:
-    unit = api.submit(api.tenant()[1])["id"]
+    tenant_id, tenant = api.tenant()
+    unit = api.submit(tenant)["id"]
     api.node("node-a")
     before = len(all_events(api))
     for headers in BAD_HEADERS:
         for method, template, body in ROUTES:
-            r = _call(api, method, template, body, headers, unit=unit)
+            r = _call(api, method, template, body, headers, unit=unit, tenant=tenant_id)
             problem = assert_problem(r, 401, "unauthorized")
             assert problem["detail"], (method, template)
     assert len(all_events(api)) == before
 
 
 def test_wrong_role_is_403(api: Api) -> None:
-    _, tenant = api.tenant()
+    tenant_id, tenant = api.tenant()
     node = api.node("node-a")
     unit = api.submit(tenant)["id"]
     callers = {"admin": auth(ADMIN), "tenant": tenant, "node": node, "join": auth(JOIN)}
@@ -109,8 +127,8 @@ def test_wrong_role_is_403(api: Api) -> None:
         for role, headers in callers.items():
             if role in allowed:
                 continue
-            r = _call(api, method, template, body, headers, unit=unit)
-            assert_problem(r, 403, "forbidden")
+            r = _call(api, method, template, body, headers, unit=unit, tenant=tenant_id)
+            assert_problem(r, 403, "forbidden", where=(role, method, template))
             checked += 1
     assert checked > 40
     assert len(all_events(api)) == before
@@ -143,7 +161,11 @@ def test_node_token_on_another_nodes_path_is_403(api: Api) -> None:
     a = api.node("node-a")
     api.node("node-b")
     before = len(all_events(api))
-    for action, body in [("heartbeat", {"running": []}), ("poll", {"wait_s": 0})]:
+    for action, body in [
+        ("heartbeat", {"running": []}),
+        ("poll", {"wait_s": 0}),
+        ("reports", {"completions": [], "failures": []}),
+    ]:
         r = api.client.post(f"/v1/nodes/node-b/{action}", json=body, headers=a)
         assert_problem(r, 403, "forbidden")
         # even for a node that does not exist: the token decides first
@@ -225,6 +247,16 @@ def test_another_tenants_unit_is_indistinguishable_from_missing(api: Api) -> Non
         "/v1/events", params={"limit": 1000, "type": "workunit.submitted"}, headers=a
     )
     assert [e["stream_id"] for e in r.json()["events"]] == [mine["id"]]
+
+    # billing: b's wallet is as missing as a tenant that does not exist; a's ledger is a's
+    r_theirs = api.client.get(f"/v1/billing/wallets/{b_id}", headers=a)
+    r_missing = api.client.get("/v1/billing/wallets/ten_missing", headers=a)
+    p_theirs = assert_problem(r_theirs, 404, "not_found")
+    p_missing = assert_problem(r_missing, 404, "not_found")
+    assert _masked(p_theirs, b_id) == _masked(p_missing, "ten_missing")
+    r = api.client.get("/v1/billing/ledger", params={"tenant_id": b_id}, headers=a)
+    assert r.status_code == 200
+    assert all(e["tenant_id"] != b_id for e in r.json()["entries"])
 
     # cancelling was refused and changed nothing
     assert len(all_events(api)) == before
