@@ -37,7 +37,7 @@ from control_plane.db.tables import events as events_table
 from control_plane.db.tables import ledger_entries, tenants, wallets, work_units
 from control_plane.db.uow import UnitOfWork
 from control_plane.eventlog.checkpoints import get_checkpoint
-from control_plane.eventlog.projection import Projection, run_until_caught_up
+from control_plane.eventlog.projection import Projection, fold_in, run_until_caught_up
 from control_plane.eventlog.store import dt_to_us, read_after, us_to_dt
 from shared.enums import LineItemType
 from shared.events import Event, EventType
@@ -173,7 +173,18 @@ def handle(uow: UnitOfWork, events: Sequence[Event]) -> None:
         store_snapshot(uow, WalletSnapshot(checkpoint_after, batch.policy, all_wallets(uow.conn)))
 
 
-BILLING_PROJECTION = Projection(CONSUMER, handle)
+# what billing reads: billable events, the policy, and terminal events (commitments)
+BILLING_TYPES = frozenset(
+    {
+        EventType.WORKUNIT_COMPLETED.value,
+        EventType.LLM_INVOCATION_COMPLETED.value,
+        EventType.BILLING_POLICY_CHANGED.value,
+        EventType.WORKUNIT_FAILED.value,
+        EventType.WORKUNIT_LEASE_EXPIRED.value,
+        EventType.WORKUNIT_CANCELLED.value,
+    }
+)
+BILLING_PROJECTION = Projection(CONSUMER, handle, BILLING_TYPES)
 
 
 def catch_up(db: Database) -> int:
@@ -183,15 +194,8 @@ def catch_up(db: Database) -> int:
 def catch_up_in(uow: UnitOfWork) -> None:
     """Fold everything up to now inside the caller's transaction (used by budget admission so
     that spend is exact at the moment of the decision)."""
-    from control_plane.eventlog.checkpoints import set_checkpoint
-
-    while True:
-        after = get_checkpoint(uow.conn, CONSUMER)
-        batch = read_after(uow.conn, after, 1000)
-        if not batch:
-            return
-        handle(uow, batch)
-        set_checkpoint(uow, CONSUMER, batch[-1].seq)
+    while fold_in(uow, BILLING_PROJECTION)[1]:
+        pass
 
 
 # --------------------------------------------------------------------------- reads

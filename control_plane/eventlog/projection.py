@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from control_plane.db.engine import Database
 from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.eventlog.checkpoints import get_checkpoint, set_checkpoint
-from control_plane.eventlog.store import read_after
+from control_plane.eventlog.store import last_seq, read_after
 from shared.events import Event
 
 Handler = Callable[[UnitOfWork, Sequence[Event]], None]
@@ -30,32 +30,43 @@ class Projection:
     types: frozenset[str] | None = None
 
 
+def fold_in(uow: UnitOfWork, projection: Projection, batch: int = 1000) -> tuple[int, bool]:
+    """Inside the caller's transaction, fold one batch past the checkpoint and move the
+    checkpoint (past events of other types too, without reading them). Returns how many
+    events the consumer got and whether more may remain."""
+    types = sorted(projection.types) if projection.types is not None else None
+    after = get_checkpoint(uow.conn, projection.name)
+    head = last_seq(uow.conn)  # writers are serialized: nothing below head can still appear
+    if head <= after:
+        return 0, False
+    events = read_after(uow.conn, after, batch, types=types)
+    if events:
+        projection.handle(uow, events)
+    full = len(events) == batch
+    set_checkpoint(uow, projection.name, events[-1].seq if full else head)
+    return len(events), full
+
+
 def run_once(db: Database, projection: Projection, batch: int = 1000) -> int:
-    """Fold one batch past the checkpoint; returns how many events were consumed."""
+    """Fold one batch past the checkpoint in its own transaction; returns how many events
+    were handed to the consumer."""
     with db.engine.connect() as conn:
         # a cheap look first: an idle consumer takes no write lock
         if not read_after(conn, get_checkpoint(conn, projection.name), 1):
             return 0
     with write_transaction(db) as uow:
-        after = get_checkpoint(uow.conn, projection.name)
-        events = read_after(uow.conn, after, batch)
-        if not events:
-            return 0
-        wanted = (
-            events
-            if projection.types is None
-            else [e for e in events if e.type in projection.types]
-        )
-        if wanted:
-            projection.handle(uow, wanted)
-        set_checkpoint(uow, projection.name, events[-1].seq)
-        return len(events)
+        handled, _ = fold_in(uow, projection, batch)
+        return handled
 
 
 def run_until_caught_up(db: Database, projection: Projection, batch: int = 1000) -> int:
     total = 0
     while True:
-        n = run_once(db, projection, batch)
-        total += n
-        if n < batch:
+        with db.engine.connect() as conn:
+            if not read_after(conn, get_checkpoint(conn, projection.name), 1):
+                return total
+        with write_transaction(db) as uow:
+            handled, more = fold_in(uow, projection, batch)
+        total += handled
+        if not more:
             return total

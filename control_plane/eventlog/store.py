@@ -63,7 +63,7 @@ def append(uow: UnitOfWork, new_events: Sequence[NewEvent]) -> list[Event]:
     else:
         seqs = list(uow.conn.execute(_INSERT_RETURNING, rows).scalars())
     stored = [
-        Event(
+        Event.model_construct(
             seq=int(seq),
             event_id=r["event_id"],
             type=r["type"],
@@ -104,7 +104,8 @@ def append_idempotent(uow: UnitOfWork, new_events: Sequence[NewEvent]) -> list[E
 
 
 def _to_event(row: Row[Any]) -> Event:
-    return Event(
+    # rows come from our own log: no validation needed, only the shape
+    return Event.model_construct(
         seq=int(row.seq),
         event_id=row.event_id,
         type=row.type,
