@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from control_plane.db.engine import Database
 
@@ -22,6 +23,7 @@ def alembic_config() -> Config:
     return cfg
 
 
+@functools.cache
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
@@ -48,7 +50,12 @@ def upgrade(db: Database) -> None:
 
 def current_revision(db: Database) -> str | None:
     with db.engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        try:
+            value = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except DBAPIError:  # no version table: never migrated
+            conn.rollback()
+            return None
+        return str(value) if value is not None else None
 
 
 def is_migrated(db: Database) -> bool:
