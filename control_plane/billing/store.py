@@ -107,19 +107,42 @@ def _load_wallets(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, Wall
     }
 
 
+_UPDATE_WALLET = (
+    update(wallets)
+    .where(wallets.c.tenant_id == bindparam("b_tenant"))
+    .values(
+        cpu_micros=bindparam("b_cpu"), llm_micros=bindparam("b_llm"), as_of_seq=bindparam("b_seq")
+    )
+)
+
+
 def _store_wallets(uow: UnitOfWork, changed: dict[str, WalletState], known: set[str]) -> None:
-    for tenant_id, w in sorted(changed.items()):
-        values = {
-            "cpu_micros": to_micros(w.totals[LineItemType.WORKUNIT_CPU]),
-            "llm_micros": to_micros(w.totals[LineItemType.LLM_TOKENS]),
-            "as_of_seq": w.as_of_seq,
+    """Write the changed wallets: one UPDATE (executemany) for the known ones, one INSERT for
+    the new ones, whatever the number of tenants in the batch."""
+    rows = [
+        {
+            "b_tenant": tenant_id,
+            "b_cpu": to_micros(w.totals[LineItemType.WORKUNIT_CPU]),
+            "b_llm": to_micros(w.totals[LineItemType.LLM_TOKENS]),
+            "b_seq": w.as_of_seq,
         }
-        if tenant_id in known:
-            uow.conn.execute(
-                update(wallets).where(wallets.c.tenant_id == tenant_id).values(**values)
-            )
-        else:
-            uow.conn.execute(wallets.insert().values(tenant_id=tenant_id, **values))
+        for tenant_id, w in sorted(changed.items())
+    ]
+    updates = [r for r in rows if r["b_tenant"] in known]
+    inserts = [
+        {
+            "tenant_id": r["b_tenant"],
+            "cpu_micros": r["b_cpu"],
+            "llm_micros": r["b_llm"],
+            "as_of_seq": r["b_seq"],
+        }
+        for r in rows
+        if r["b_tenant"] not in known
+    ]
+    if updates:
+        uow.conn.execute(_UPDATE_WALLET, updates)
+    if inserts:
+        uow.conn.execute(wallets.insert(), inserts)
 
 
 _RELEASE = (
