@@ -10,9 +10,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from control_plane.billing import store
+from control_plane.billing.canonical import ledger_jsonl, ledger_order
 from control_plane.billing.sink import LedgerSink, SinkOutcome
 from control_plane.db.engine import Database
-from tests.api.billing_kit import export, replay, run_units
+from tests.api.billing_kit import complete, export, invocation_body, replay, run_units
 from tests.api.conftest import Api
 
 
@@ -168,3 +170,29 @@ def test_replay_verifies_and_rebuilds_the_configured_sink(
     # without a sink the field is null
     plain = make_api()
     assert replay(plain.client)["jsonl_sink"] is None
+
+
+def test_ledger_pages_never_split_an_event(make_api: Callable[..., Api]) -> None:
+    """Events with several lines (tokens billed from the completion, two models) stream in
+    canonical order whatever the page size, even a page smaller than one event."""
+    api = make_api(bill_llm_from_workunit_completed=True, bill_llm_from_invocation=False)
+    th, nh = _setup(api)
+    for model in ("stub", "gpt-4o"):
+        unit = api.submit(th, kind="llm_pod", payload={"prompt": "x"})["id"]
+        [claim] = api.poll("n1", nh)["claims"]
+        for i, m in enumerate(("stub", model)):
+            r = api.client.post(
+                f"/v1/workunits/{unit}/llm-invocations",
+                json=invocation_body(claim["claim_token"], f"c{i}", 10, 20, m),
+                headers=nh,
+            )
+            assert r.status_code == 201, r.text
+        assert complete(api.client, nh, unit, claim["claim_token"], 5).status_code == 200
+    text = export(api.client)
+    assert len(text.splitlines()) == 2 + 3
+    with store.read_snapshot(_db(api)) as conn:
+        for page in (1, 2, 3, 1000):
+            assert ledger_jsonl(store.iter_lines(conn, page=page)) == text
+            assert list(store.iter_lines(conn, page=page)) == sorted(
+                store.iter_lines(conn), key=ledger_order
+            )
