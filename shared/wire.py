@@ -151,7 +151,7 @@ class BatchItem(WorkUnitSubmit):
 class BatchSubmit(StrictWire):
     """Up to 1000 units in one request."""
 
-    units: list[dict[str, Any]] = Field(
+    units: list[Any] = Field(
         max_length=1000,
         description="Each item is a WorkUnitSubmit plus an optional idempotency_key; "
         "items are validated one by one so one bad item does not sink the batch.",
@@ -480,11 +480,15 @@ class LedgerEntry(Wire):
 
 
 class LedgerPage(Wire):
+    """A page of ledger lines; pass ``next_cursor`` back as ``cursor`` (null at the end)."""
+
     entries: list[LedgerEntry]
     next_cursor: str | None = None
 
 
 class WalletTotals(Wire):
+    """Spend by line-item type (USD, 6 decimals)."""
+
     workunit_cpu: Money
     llm_tokens: Money
 
@@ -499,6 +503,8 @@ class Wallet(Wire):
 
 
 class ReplayReport(Wire):
+    """Ledger and wallets rebuilt from the log alone, compared by digest with the live state."""
+
     identical: bool
     live_digest: str
     replay_digest: str
@@ -524,6 +530,8 @@ class ReplayReport(Wire):
 
 
 class Anomaly(Wire):
+    """One thing wrong (or worth knowing) about the ledger."""
+
     kind: str
     detail: str
     source_event_id: str | None = None
@@ -531,6 +539,8 @@ class Anomaly(Wire):
 
 
 class AnomalyReport(Wire):
+    """Every anomaly the checker found."""
+
     anomalies: list[Anomaly]
 
 
@@ -538,6 +548,9 @@ class AnomalyReport(Wire):
 
 
 class CapacityReport(Wire):
+    """The admission mode in force, the fleet, queue depth by priority, and the autoscaler's
+    last decision."""
+
     mode: CapacityMode
     desired_nodes: int
     healthy_nodes: int
@@ -548,9 +561,18 @@ class CapacityReport(Wire):
 
 
 class CapacityModeRequest(StrictWire):
+    """A manual override of the admission mode, for ``ttl_s`` seconds or until cleared."""
+
     mode: CapacityMode
     reason: str = Field(min_length=1, max_length=500)
     ttl_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"mode": "THROTTLED", "reason": "maintenance window", "ttl_s": 600}]
+        },
+    )
 
 
 class TenantLimits(StrictWire):
@@ -599,6 +621,8 @@ class BudgetRequest(StrictWire):
 
 
 class BudgetReply(Wire):
+    """A tenant's budget, what it has spent and what its queued and running work may cost."""
+
     tenant_id: str
     budget_usd: Money | None
     spent_usd: Money
