@@ -59,6 +59,11 @@ class _Hasher:
             self._h.update(text.encode("utf-8"))
             self.lines += text.count("\n")
 
+    def copy(self) -> _Hasher:
+        twin = _Hasher()
+        twin._h, twin.lines = self._h.copy(), self.lines
+        return twin
+
     def ledger_sha256(self) -> str:
         """SHA-256 of the ledger's canonical JSONL so far (what the JSONL sink must hold)."""
         return self._h.copy().hexdigest()
@@ -83,48 +88,61 @@ class ReplayResult:
     """False when the live lines before the snapshot do not add up to its wallets."""
 
 
-def live_digest(conn: Connection) -> tuple[str, int]:
-    """The live state's digest and line count, streamed from the tables."""
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """The live state's digest, and the start of the replay: the hasher state after the
+    live lines up to the start seq, and the wallets those lines add up to."""
+
+    digest: str
+    prefix: _Hasher
+    prefix_wallets: dict[str, WalletState]
+
+
+def _live(conn: Connection, start: int) -> _Live:
+    """One pass over the live ledger: its digest, and the prefix up to seq ``start``."""
     h = _Hasher()
+    prefix: _Hasher | None = None if start > 0 else h.copy()
+    prefix_wallets: dict[str, WalletState] = {}
     batch: list[LedgerLine] = []
+
+    def flush() -> None:
+        nonlocal prefix_wallets, batch
+        if prefix is None:
+            prefix_wallets = fold_wallets(prefix_wallets, batch)
+        h.add(batch)
+        batch = []
+
     for line in store.iter_lines(conn):
+        if prefix is None and line.source_seq > start:
+            flush()
+            prefix = h.copy()
         batch.append(line)
         if len(batch) >= CHUNK:
-            h.add(batch)
-            batch = []
-    h.add(batch)
-    return h.digest(store.all_wallets(conn)), h.lines
+            flush()
+    flush()
+    return _Live(h.digest(store.all_wallets(conn)), prefix or h.copy(), prefix_wallets)
 
 
-def replay_log(conn: Connection, upto: int, from_snapshot: bool = False) -> ReplayResult:
-    """Rebuild billing from the log up to seq ``upto`` (from the latest snapshot at or before
-    ``upto`` when ``from_snapshot``)."""
-    h = _Hasher()
-    policy: BillingPolicy = DEFAULT_POLICY
-    wallets: dict[str, WalletState] = {}
-    start = 0
-    consistent = True
-    snapshot = latest_snapshot(conn, upto) if from_snapshot else None
-    if snapshot is not None:
-        start, policy = snapshot.as_of_seq, snapshot.policy
-        prefix_wallets: dict[str, WalletState] = {}
-        batch: list[LedgerLine] = []
-        for line in store.iter_lines(conn, upto_seq=start):
-            batch.append(line)
-            if len(batch) >= CHUNK:
-                h.add(batch)
-                prefix_wallets = fold_wallets(prefix_wallets, batch)
-                batch = []
-        h.add(batch)
-        prefix_wallets = fold_wallets(prefix_wallets, batch)
-        wallets = dict(snapshot.wallets)
-        consistent = wallets_jsonl(prefix_wallets) == wallets_jsonl(wallets)
+def live_digest(conn: Connection) -> str:
+    """The live state's digest, streamed from the tables."""
+    return _live(conn, 0).digest
+
+
+def _fold_log(
+    conn: Connection,
+    h: _Hasher,
+    policy: BillingPolicy,
+    wallets: dict[str, WalletState],
+    after: int,
+    upto: int,
+) -> tuple[dict[str, WalletState], int]:
+    """Fold the events in ``(after, upto]`` into ``h`` and ``wallets``; returns the wallets
+    and how many events were folded."""
     folded = 0
-    after = start
     while True:
         events = read_after(conn, after, CHUNK, before=upto + 1)
         if not events:
-            break
+            return wallets, folded
         result = bill_events(policy, events, after)
         policy = result.policy
         folded += result.events_folded
@@ -138,7 +156,23 @@ def replay_log(conn: Connection, upto: int, from_snapshot: bool = False) -> Repl
         new.sort(key=ledger_order)
         h.add(new)
         wallets = fold_wallets(wallets, new)
-    return ReplayResult(
+
+
+def replay_in(conn: Connection, upto: int, from_snapshot: bool = False) -> tuple[str, ReplayResult]:
+    """The live digest, and billing rebuilt from the log up to seq ``upto`` (from the latest
+    snapshot at or before ``upto`` when ``from_snapshot``), in the caller's read."""
+    snapshot = latest_snapshot(conn, upto) if from_snapshot else None
+    start = snapshot.as_of_seq if snapshot is not None else 0
+    live = _live(conn, start)
+    h = live.prefix
+    consistent = True
+    policy: BillingPolicy = DEFAULT_POLICY
+    wallets: dict[str, WalletState] = {}
+    if snapshot is not None:
+        policy, wallets = snapshot.policy, dict(snapshot.wallets)
+        consistent = wallets_jsonl(live.prefix_wallets) == wallets_jsonl(wallets)
+    wallets, folded = _fold_log(conn, h, policy, wallets, start, upto)
+    return live.digest, ReplayResult(
         digest=h.digest(wallets),
         ledger_sha256=h.ledger_sha256(),
         events_replayed=folded,
@@ -157,8 +191,7 @@ def replay(
     guard: AbstractContextManager[None] = sink.locked() if sink is not None else nullcontext()
     with guard, store.read_snapshot(db) as conn:
         upto = store.checkpoint(conn)
-        live, _ = live_digest(conn)
-        rebuilt = replay_log(conn, upto, from_snapshot)
+        live, rebuilt = replay_in(conn, upto, from_snapshot)
         sink_state: Literal["identical", "rebuilt"] | None = None
         if sink is not None:
             outcome = sink.verify_in(conn, rebuilt.ledger_sha256).outcome
