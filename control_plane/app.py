@@ -15,6 +15,7 @@ from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimitMiddleware
 from control_plane.api.deps import AuthCache
 from control_plane.api.routes import billing, capacity, events, nodes, ops, tenants, workunits
+from control_plane.autoscaling.service import AutoscalerService, create_service
 from control_plane.billing import snapshots
 from control_plane.billing.sink import LedgerSink
 from control_plane.billing.stamps import ensure_billing
@@ -79,10 +80,12 @@ def background_loops(app: FastAPI) -> list[Loop]:
         offer_timeout_s=max(settings.lease_s, 2 * settings.heartbeat_interval_s),
     )
     sink: LedgerSink | None = app.state.ledger_sink
+    autoscaler = app.state.autoscaler = create_service(settings, db)  # closed by the lifespan
     return [
         Loop("sweep", settings.lease_reaper_interval_s, lambda: sweep(db, ctx, timings)),
         Loop("billing", 0.5, lambda: catch_up(db)),
         *([Loop("ledger-sink", 0.5, lambda: sink.sync(db))] if sink is not None else []),
+        Loop("autoscaler", settings.autoscaler_interval_s, autoscaler.tick),
     ]
 
 
@@ -114,6 +117,9 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            autoscaler: AutoscalerService | None = getattr(app.state, "autoscaler", None)
+            if autoscaler is not None:  # stops the agents it started, releases its lease
+                await asyncio.to_thread(autoscaler.close)
             if listener is not None:
                 listener.stop()
             set_publisher(db, None)

@@ -101,6 +101,116 @@ class Settings(BaseSettings):
     autoscaler_webhook_secret: str | None = Field(
         default=None, description="HMAC-SHA256 key signing webhook bodies (X-Krako-Signature)."
     )
+    autoscaler_min_hold_s: float = Field(
+        default=30.0, ge=0, description="An admission mode holds at least this long."
+    )
+    autoscaler_scale_down_window_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Scale down only after the node recommendation stayed lower this long "
+        "(then to the highest recommendation of the window).",
+    )
+    autoscaler_scale_up_cooldown_s: float = Field(
+        default=10.0, ge=0, description="Least time between two scale-up requests."
+    )
+    autoscaler_throttle_up_backlog_per_slot: float = Field(
+        default=4.0,
+        ge=0,
+        description="OPEN to THROTTLED when queued units per slot reach this (while capacity "
+        "is saturated).",
+    )
+    autoscaler_throttle_down_backlog_per_slot: float = Field(
+        default=1.0, ge=0, description="THROTTLED to OPEN when queued units per slot fall below."
+    )
+    autoscaler_throttle_up_age_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="OPEN to THROTTLED when the oldest queued unit waited this long (while "
+        "capacity is saturated).",
+    )
+    autoscaler_throttle_down_age_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="THROTTLED to OPEN needs the oldest queued unit younger than this.",
+    )
+    autoscaler_critical_up_backlog_per_slot: float = Field(
+        default=16.0,
+        ge=0,
+        description="To CRITICAL when queued p0-p1 units per slot reach this (while capacity "
+        "is saturated).",
+    )
+    autoscaler_critical_down_backlog_per_slot: float = Field(
+        default=4.0,
+        ge=0,
+        description="CRITICAL to THROTTLED when queued p0-p1 units per slot fall below.",
+    )
+    autoscaler_critical_up_age_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="To CRITICAL when the oldest queued p0-p1 unit waited this long (while "
+        "capacity is saturated).",
+    )
+    autoscaler_critical_down_age_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="CRITICAL to THROTTLED needs the oldest queued p0-p1 unit younger than this.",
+    )
+    autoscaler_saturated_utilization: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Modes go up only while utilization (busy / total slots) is at least this.",
+    )
+    autoscaler_idle_utilization: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Below this utilization a restrictive mode steps down (it must not leave "
+        "capacity idle).",
+    )
+    autoscaler_idle_hold_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Utilization must stay below the idle threshold this long before a "
+        "restrictive mode steps down (one idle sample between two units is noise).",
+    )
+    autoscaler_target_utilization: float = Field(
+        default=0.8, gt=0, le=1, description="Utilization the node count aims at."
+    )
+    autoscaler_target_backlog_per_slot: float = Field(
+        default=1.0, ge=0, description="Queued units per slot the node count tolerates."
+    )
+    autoscaler_slots_per_node: int = Field(
+        default=4,
+        ge=1,
+        description="Slots a new node is assumed to bring while no healthy node tells.",
+    )
+    autoscaler_local_control_plane_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="local actuator: the URL its agents use to reach this control plane.",
+    )
+    autoscaler_local_agent_args: str = Field(
+        default="",
+        description="local actuator: extra krako-agent arguments, shell-quoted "
+        "(for example '--max-concurrency 2 --kinds cpu').",
+    )
+    autoscaler_local_stop_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="local actuator: on shutdown, how long its agents may take to exit after "
+        "SIGTERM before they are killed.",
+    )
+    autoscaler_webhook_timeout_s: float = Field(
+        default=5.0, gt=0, description="webhook actuator: timeout of one delivery attempt."
+    )
+    autoscaler_webhook_retries: int = Field(
+        default=4, ge=0, le=20, description="webhook actuator: retries after a failed attempt."
+    )
+    autoscaler_webhook_backoff_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="webhook actuator: first retry delay (doubled at each retry, jittered).",
+    )
 
     db_pool_size: int = Field(
         default=10, ge=1, description="Database connections kept open per control-plane process."

@@ -18,9 +18,11 @@ over the priorities a mode schedules (OPEN: all; THROTTLED: p0-p1; CRITICAL: p0)
   ``critical_up_*`` ones.
 - Down, one level at a time: CRITICAL to THROTTLED when the p0-p1 backlog and age are below
   the ``critical_down_*`` thresholds; THROTTLED to OPEN when the backlog of all priorities and
-  its age are below ``throttle_down_*``. Either also happens when utilization falls below
-  ``idle_utilization``: a restrictive mode must not leave capacity idle while it holds work
-  (if the held work refills it, the mode goes up again, no sooner than ``min_hold_s``).
+  its age are below ``throttle_down_*``. Either also happens when utilization has stayed below
+  ``idle_utilization`` for ``idle_hold_s``: a restrictive mode must not leave capacity idle
+  while it holds work (if the held work refills it, the mode goes up again, no sooner than
+  ``min_hold_s``). The idle hold ignores a lone sample taken between a completion and the
+  placement that refills the slot.
 - A mode holds at least ``min_hold_s``; the up thresholds sit above the down ones, so noise
   between them changes nothing.
 - While a manual override is active the mode is left alone (scaling goes on).
@@ -98,6 +100,7 @@ class ControllerParams:
     critical_down_age_s: float = 120.0
     saturated_utilization: float = 0.9
     idle_utilization: float = 0.5
+    idle_hold_s: float = 0.0
     min_hold_s: float = 30.0
     min_nodes: int = 0
     max_nodes: int = 10
@@ -121,6 +124,8 @@ class ControllerParams:
             raise ValueError("need 0 <= min_nodes <= max_nodes")
         if not 0.0 < self.target_utilization <= 1.0:
             raise ValueError("target_utilization must be in (0, 1]")
+        if self.idle_hold_s < 0 or self.min_hold_s < 0:
+            raise ValueError("idle_hold_s and min_hold_s must be >= 0")
         if self.target_backlog_per_slot < 0 or self.default_slots_per_node < 1:
             raise ValueError("target_backlog_per_slot >= 0 and default_slots_per_node >= 1")
 
@@ -132,6 +137,7 @@ class ControllerState:
 
     ``low_since`` / ``low_max``: since when the node recommendation has stayed below
     ``desired_nodes``, and the highest recommendation in that window (scale-down smoothing).
+    ``idle_since``: since when utilization has stayed below ``idle_utilization``.
     """
 
     mode: CapacityMode = CapacityMode.OPEN
@@ -140,6 +146,7 @@ class ControllerState:
     last_scale_at: float | None = None
     low_since: float | None = None
     low_max: int = 0
+    idle_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +238,12 @@ def signals(metrics: Metrics) -> dict[str, Any]:
 
 
 def _target_mode(
-    mode: CapacityMode, s: Mapping[str, Any], p: ControllerParams
+    mode: CapacityMode, s: Mapping[str, Any], p: ControllerParams, idle: bool
 ) -> tuple[CapacityMode, str]:
-    """Where the signals push ``mode`` (at most one level down), and why."""
+    """Where the signals push ``mode`` (at most one level down), and why. ``idle``:
+    utilization has stayed below ``idle_utilization`` for ``idle_hold_s``."""
     util = s["utilization"]
     saturated = util >= p.saturated_utilization
-    idle = util < p.idle_utilization
     bps, age = s["backlog_per_slot"], s["oldest_queued_age_s"]
     hi_bps, hi_age = s["backlog_per_slot_p0_p1"], s["oldest_queued_age_s_p0_p1"]
     busy = f"utilization {util:.2f} >= {p.saturated_utilization}"
@@ -258,7 +265,7 @@ def _target_mode(
 
     if mode == CapacityMode.CRITICAL:
         if idle:
-            return CapacityMode.THROTTLED, f"utilization {util:.2f} < {p.idle_utilization}"
+            return CapacityMode.THROTTLED, _idle_reason(util, p)
         if hi_bps < p.critical_down_backlog_per_slot and hi_age < p.critical_down_age_s:
             return CapacityMode.THROTTLED, (
                 f"p0-p1 backlog {hi_bps} per slot < {p.critical_down_backlog_per_slot} "
@@ -266,13 +273,18 @@ def _target_mode(
             )
     if mode == CapacityMode.THROTTLED:
         if idle:
-            return CapacityMode.OPEN, f"utilization {util:.2f} < {p.idle_utilization}"
+            return CapacityMode.OPEN, _idle_reason(util, p)
         if bps < p.throttle_down_backlog_per_slot and age < p.throttle_down_age_s:
             return CapacityMode.OPEN, (
                 f"backlog {bps} per slot < {p.throttle_down_backlog_per_slot} "
                 f"and oldest {age}s < {p.throttle_down_age_s}s"
             )
     return mode, ""
+
+
+def _idle_reason(util: float, p: ControllerParams) -> str:
+    held = f" for {p.idle_hold_s}s" if p.idle_hold_s else ""
+    return f"utilization {util:.2f} < {p.idle_utilization}{held}"
 
 
 def desired_nodes_for(metrics: Metrics, params: ControllerParams) -> int:
@@ -306,10 +318,14 @@ def decide(
     """
     inputs = signals(metrics)
     decisions: list[Decision] = []
-    new = state
+    idle_since = None
+    if inputs["utilization"] < params.idle_utilization:
+        idle_since = now if state.idle_since is None else state.idle_since
+    new = replace(state, idle_since=idle_since)
+    idle = idle_since is not None and now - idle_since >= params.idle_hold_s
 
     if not override_active and now - state.mode_since >= params.min_hold_s:
-        target, reason = _target_mode(state.mode, inputs, params)
+        target, reason = _target_mode(state.mode, inputs, params, idle)
         if target != state.mode:
             decisions.append(ModeChange(state.mode, target, reason, dict(inputs)))
             new = replace(new, mode=target, mode_since=now)

@@ -1,0 +1,402 @@
+"""The autoscaler wired into the control plane: the real tick on a real database (both
+backends), short timings, driven through the API.
+
+- a pressure ramp on one single-slot node goes OPEN -> THROTTLED -> CRITICAL (each an event
+  with its inputs; CRITICAL refuses p1 with 429 + Retry-After) and back to OPEN once drained;
+- noise between the thresholds changes nothing;
+- a manual override holds until DELETE or its TTL, and setting the same mode appends nothing;
+- with two replicas only the lease holder decides; the other takes over when it stops, or,
+  when it dies without a word, once the lease expires;
+- the webhook actuator signs its body and retries after a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from control_plane.autoscaling import leader
+from control_plane.autoscaling.actuators import WebhookActuator, build_actuator
+from control_plane.autoscaling.service import (
+    LEASE_NAME,
+    AutoscalerService,
+    params_from_settings,
+    run_tick,
+)
+from control_plane.db.engine import Database
+from control_plane.db.uow import read_connection, write_transaction
+from tests.api.conftest import Api, assert_problem, make_settings
+
+FAST: dict[str, Any] = {
+    "autoscaler_interval_s": 0.1,
+    "autoscaler_min_hold_s": 0.3,
+    "autoscaler_scale_up_cooldown_s": 0.0,
+    "autoscaler_scale_down_window_s": 0.5,
+    "autoscaler_idle_hold_s": 0.25,
+}
+MODE_CHANGED = "capacity.admission.mode.changed"
+SCALE_REQUESTED = "capacity.scale.requested"
+
+
+def wait_for(what: str, pred: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def capacity(api: Api) -> dict[str, Any]:
+    r = api.client.get("/v1/capacity", headers=api.admin())
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def mode_is(api: Api, mode: str) -> Callable[[], bool]:
+    return lambda: capacity(api)["mode"] == mode
+
+
+def service(api: Api) -> AutoscalerService:
+    svc: AutoscalerService = api.client.app.state.autoscaler  # type: ignore[attr-defined]
+    return svc
+
+
+def lease_holder(api: Api) -> str | None:
+    db: Database = api.client.app.state.db  # type: ignore[attr-defined]
+    with read_connection(db) as conn:
+        held = leader.holder_of(conn, LEASE_NAME)
+    return held[0] if held else None
+
+
+def drain(api: Api, node_id: str, node: dict[str, str], expected: int, timeout: float = 20) -> int:
+    """Claim and complete as the node until ``expected`` units are done; returns how many."""
+    done = 0
+    deadline = time.monotonic() + timeout
+    while done < expected:
+        assert time.monotonic() < deadline, f"drained only {done} of {expected}"
+        claims = api.poll(node_id, node, claim=True, max_units=10)["claims"]
+        if not claims:
+            time.sleep(0.02)
+            continue
+        for c in claims:
+            r = api.client.post(
+                f"/v1/workunits/{c['work_unit']['id']}/complete",
+                json={"claim_token": c["claim_token"], "cpu_ms": 1},
+                headers=node,
+            )
+            assert r.status_code == 200, r.text
+            done += 1
+    return done
+
+
+def transitions(api: Api) -> list[tuple[str, str, str]]:
+    return [
+        (e["payload"]["from"], e["payload"]["to"], e["payload"]["source"])
+        for e in api.events(MODE_CHANGED)
+    ]
+
+
+def test_pressure_ramp_climbs_the_ladder_and_comes_back(make_api: Callable[..., Api]) -> None:
+    api = make_api(**FAST)
+    _, tenant = api.tenant()
+    node = api.node("n1", max_concurrency=1)
+
+    for _ in range(6):  # one fills the only slot, five wait: 5 per slot >= 4
+        api.submit(tenant)
+    wait_for("THROTTLED", mode_is(api, "THROTTLED"))
+    for _ in range(14):  # 19 p1 units per slot >= 16
+        api.submit(tenant)
+    wait_for("CRITICAL", mode_is(api, "CRITICAL"))
+
+    report = capacity(api)
+    assert report["queue_depth"]["p1"] >= 16
+    decision = report["last_decision"]
+    assert decision["mode"] == "CRITICAL" and decision["inputs"]["total_slots"] == 1
+    assert decision["inputs"]["utilization"] == 1.0  # the slot is taken (offered or claimed)
+    assert decision["replica"] == service(api).holder
+
+    refused = api.client.post(
+        "/v1/workunits",
+        json={"kind": "cpu", "execution_session_id": "s1", "payload": {"handler": "noop"}},
+        headers=tenant,
+    )
+    assert_problem(refused, 429, "admission_rejected")
+    assert int(refused.headers["Retry-After"]) >= 1
+    api.submit(tenant, priority="p0")  # p0 still gets in
+
+    up = api.events(MODE_CHANGED)
+    assert [(e["payload"]["from"], e["payload"]["to"]) for e in up] == [
+        ("OPEN", "THROTTLED"),
+        ("THROTTLED", "CRITICAL"),
+    ]
+    for e in up:
+        p = e["payload"]
+        assert p["source"] == "autoscaler" and p["reason"]
+        assert p["inputs"]["utilization"] == 1.0 and p["inputs"]["total_slots"] == 1
+        assert p["inputs"]["queue_depth"]["p1"] == p["inputs"]["queued"]
+    assert up[0]["payload"]["inputs"]["backlog_per_slot"] >= 4
+    assert up[1]["payload"]["inputs"]["backlog_per_slot_p0_p1"] >= 16
+
+    # the backlog also asked for nodes: an event with its inputs, and desired_nodes shows it
+    scale = api.events(SCALE_REQUESTED)
+    assert scale and scale[0]["payload"]["from"] == 0 and scale[0]["payload"]["to"] >= 2
+    assert scale[0]["payload"]["inputs"]["recommended_nodes"] == scale[0]["payload"]["to"]
+    assert capacity(api)["desired_nodes"] == scale[-1]["payload"]["to"]
+
+    drain(api, "n1", node, expected=21)
+    wait_for("OPEN", mode_is(api, "OPEN"))
+    path = transitions(api)
+    assert all(source == "autoscaler" for _, _, source in path)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(path)), path
+    assert path[-1][1] == "OPEN"
+    # held p1 work may refill the slot once THROTTLED lets it through; never more than that
+    assert len(path) <= 8, path
+    time.sleep(0.5)
+    assert transitions(api) == path  # settled: idle and empty changes nothing more
+    # a scale-down followed once the recommendation stayed low for the window
+    wait_for("scale down", lambda: capacity(api)["desired_nodes"] == 0, timeout=5)
+
+
+def test_noise_between_the_thresholds_changes_nothing(make_api: Callable[..., Api]) -> None:
+    api = make_api(**FAST)
+    _, tenant = api.tenant()
+    node = api.node("n1", max_concurrency=1)
+    for _ in range(6):
+        api.submit(tenant)
+    wait_for("THROTTLED", mode_is(api, "THROTTLED"))
+    before = transitions(api)
+
+    # Keep the slot busy and 2-3 units queued (between THROTTLED's down threshold, 1 per
+    # slot, and CRITICAL's up threshold, 16) for ~1.5 s: a dozen ticks, five holds.
+    held = api.poll("n1", node, claim=True)["claims"]
+    queued = 5
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        if queued > 2:
+            (c,) = held
+            r = api.client.post(
+                f"/v1/workunits/{c['work_unit']['id']}/complete",
+                json={"claim_token": c["claim_token"], "cpu_ms": 1},
+                headers=node,
+            )
+            assert r.status_code == 200, r.text
+            held = wait_for("next claim", lambda: api.poll("n1", node, claim=True)["claims"])
+            queued -= 1
+        else:
+            api.submit(tenant)
+            queued += 1
+        time.sleep(0.03)
+    assert transitions(api) == before, [e["payload"] for e in api.events(MODE_CHANGED)]
+    assert capacity(api)["mode"] == "THROTTLED"
+
+
+def test_manual_override_holds_until_deleted_or_expired(make_api: Callable[..., Api]) -> None:
+    api = make_api(**FAST)
+    admin = api.admin()
+    r = api.client.put(
+        "/v1/capacity/mode", json={"mode": "CRITICAL", "reason": "ops"}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+    # idle: without the override the autoscaler would step down after 0.3 s
+    time.sleep(0.8)
+    assert capacity(api)["mode"] == "CRITICAL"
+    assert capacity(api)["last_decision"]["override_active"] is True
+    assert transitions(api) == [("OPEN", "CRITICAL", "manual")]
+
+    again = api.client.put(
+        "/v1/capacity/mode", json={"mode": "CRITICAL", "reason": "again"}, headers=admin
+    )
+    assert again.status_code == 200
+    assert len(api.events(MODE_CHANGED)) == 1  # the mode in force: no event
+
+    assert api.client.delete("/v1/capacity/mode", headers=admin).status_code == 204
+    wait_for("OPEN", mode_is(api, "OPEN"), timeout=5)
+    assert transitions(api) == [
+        ("OPEN", "CRITICAL", "manual"),
+        ("CRITICAL", "THROTTLED", "autoscaler"),
+        ("THROTTLED", "OPEN", "autoscaler"),
+    ]
+
+    # a TTL ends the override by itself; the autoscaler decides again afterwards
+    r = api.client.put(
+        "/v1/capacity/mode",
+        json={"mode": "THROTTLED", "reason": "maintenance", "ttl_s": 0.6},
+        headers=admin,
+    )
+    assert r.status_code == 200
+    time.sleep(0.4)
+    assert capacity(api)["mode"] == "THROTTLED"
+    wait_for("OPEN after the ttl", mode_is(api, "OPEN"), timeout=5)
+    log = [
+        (e["type"], e["payload"].get("reason"))
+        for e in api.events()
+        if e["type"] in (MODE_CHANGED, "capacity.override.cleared")
+    ]
+    assert log[-3:] == [
+        (MODE_CHANGED, "maintenance"),
+        ("capacity.override.cleared", "override ttl expired"),
+        (MODE_CHANGED, log[-1][1]),
+    ]
+    assert transitions(api)[-1] == ("THROTTLED", "OPEN", "autoscaler")
+
+
+def test_one_leader_among_replicas_and_handover_on_stop(make_api: Callable[..., Api]) -> None:
+    a, b = make_api(**FAST), make_api(**FAST)
+    first = wait_for("a leader", lambda: lease_holder(a))
+    assert first in (service(a).holder, service(b).holder)
+    lead, other = (a, b) if first == service(a).holder else (b, a)
+
+    _, tenant = lead.tenant()
+    lead.node("n1", max_concurrency=1)
+    for _ in range(6):
+        other.submit(tenant)  # traffic on both replicas; decisions on one
+    wait_for("THROTTLED", mode_is(other, "THROTTLED"))
+    time.sleep(0.3)  # several more ticks on both replicas
+    events = other.events(MODE_CHANGED)
+    assert len(events) == 1, events  # decided once, not once per replica
+    assert events[0]["payload"]["inputs"]["replica"] == first
+    assert service(lead).is_leader and not service(other).is_leader
+    assert capacity(other)["last_decision"]["replica"] == first
+
+    lead.client.__exit__(None, None, None)  # a clean stop releases the lease
+    successor = service(other).holder
+    wait_for("the other replica to lead", lambda: lease_holder(other) == successor, timeout=5)
+    wait_for("its decisions", lambda: capacity(other)["last_decision"]["replica"] == successor)
+    assert service(other).is_leader
+
+
+def test_a_dead_leader_hands_over_when_its_lease_expires(
+    make_api: Callable[..., Api], db: Database, db_url: str
+) -> None:
+    params = params_from_settings(make_settings(db_url, **FAST))
+    ghost = run_tick(db, params, "ghost-replica", lease_ttl_s=1.0)  # then never ticks again
+    assert ghost.leader
+    started = time.monotonic()
+    api = make_api(**FAST)
+    time.sleep(0.4)
+    if time.monotonic() - started < 0.9:
+        assert lease_holder(api) == "ghost-replica"
+        assert not service(api).is_leader
+    mine = service(api).holder
+    wait_for("takeover", lambda: lease_holder(api) == mine, timeout=5)
+    assert time.monotonic() - started >= 0.8  # not before the ghost's lease ran out
+    wait_for("its decisions", lambda: capacity(api)["last_decision"]["replica"] == mine)
+
+
+# --------------------------------------------------------------------------- webhook
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """Answers 500 to the first request, 200 after; records every request."""
+
+    requests: list[tuple[dict[str, str], bytes]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        received = self.server.received  # type: ignore[attr-defined]
+        received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(500 if len(received) == 1 else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def receiver() -> Iterator[http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.received = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_signs_the_scale_request_and_retries_after_a_500(
+    make_api: Callable[..., Api], receiver: http.server.ThreadingHTTPServer
+) -> None:
+    secret = "webhook-secret-for-tests-0123"
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/scale"
+    api = make_api(
+        **FAST,
+        autoscaler_actuator="webhook",
+        autoscaler_webhook_url=url,
+        autoscaler_webhook_secret=secret,
+        autoscaler_webhook_backoff_s=0.05,
+    )
+    _, tenant = api.tenant()
+    api.node("n1", max_concurrency=1)
+    for _ in range(3):
+        api.submit(tenant)
+    received: list[tuple[dict[str, str], bytes]] = receiver.received  # type: ignore[attr-defined]
+    wait_for("a delivery after the 500", lambda: len(received) >= 2)
+
+    [event] = api.events(SCALE_REQUESTED)[:1]
+    first, second = received[0], received[1]
+    assert first[1] == second[1]  # the retry sends the same bytes
+    for headers, body in (first, second):
+        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["x-krako-signature"] == f"sha256={expected}"
+        assert headers["x-krako-event-id"] == event["event_id"]
+        assert headers["content-type"] == "application/json"
+    sent = json.loads(first[1])
+    assert sent["event_id"] == event["event_id"] and sent["seq"] == event["seq"]
+    assert (sent["from"], sent["to"]) == (event["payload"]["from"], event["payload"]["to"])
+    assert sent["reason"] == event["payload"]["reason"]
+    assert sent["inputs"]["queued"] == event["payload"]["inputs"]["queued"]
+    actuator = service(api).actuator
+    assert isinstance(actuator, WebhookActuator)
+    assert actuator.flush(5) and actuator.delivered[0] == event["event_id"]
+    assert actuator.failed_attempts == 1
+
+
+def test_actuator_settings_are_checked_at_start(db: Database, db_url: str) -> None:
+    with pytest.raises(ValueError, match="WEBHOOK_URL"):
+        build_actuator(make_settings(db_url, autoscaler_actuator="webhook"), db)
+    with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
+        build_actuator(
+            make_settings(
+                db_url, autoscaler_actuator="webhook", autoscaler_webhook_url="http://x/"
+            ),
+            db,
+        )
+    with pytest.raises(ValueError, match="expected one of"):
+        build_actuator(make_settings(db_url, autoscaler_actuator="kubernetes"), db)
+    with pytest.raises(ValueError, match="hysteresis"):
+        params_from_settings(
+            make_settings(
+                db_url,
+                autoscaler_throttle_up_backlog_per_slot=1.0,
+                autoscaler_throttle_down_backlog_per_slot=2.0,
+            )
+        )
+
+
+def test_the_lease_is_exclusive_until_it_expires(db: Database) -> None:
+    def take(holder: str, ttl_s: float = 0.3) -> bool:
+        with write_transaction(db) as uow:
+            return leader.acquire(uow, "test-lease", holder, ttl_s)
+
+    assert take("a") and not take("b")
+    assert take("a")  # renewed
+    time.sleep(0.35)
+    assert take("b") and not take("a")  # expired: b takes it, a is refused
+    assert not leader.release(db, "test-lease", "a")  # not a's to give
+    assert leader.release(db, "test-lease", "b")
+    assert take("a", 10.0)
+    with read_connection(db) as conn:
+        assert leader.holder_of(conn, "test-lease") is not None
