@@ -22,8 +22,7 @@ from itertools import groupby
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Connection, bindparam, func, select, text, tuple_, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from control_plane.billing.canonical import ledger_order
@@ -82,12 +81,41 @@ def _insert_lines(uow: UnitOfWork, lines: Sequence[LedgerLine]) -> list[LedgerLi
         }
         for ln in lines
     ]
-    ins = pg_insert(ledger_entries) if uow.is_postgres else sqlite_insert(ledger_entries)
-    stmt = ins.on_conflict_do_nothing().returning(ledger_entries.c.entry_id)
-    # One statement for the batch (multi-row VALUES): a line already stored (a re-delivery,
-    # another replica) returns nothing, so only new lines reach the wallets.
-    inserted = {str(got) for got in uow.conn.execute(stmt, rows).scalars()}
+    # One statement for the batch: a line already stored (a re-delivery, another replica)
+    # returns nothing, so only new lines reach the wallets. PostgreSQL gets the rows as one
+    # JSON document (a fixed statement, prepared once, whatever the batch size); SQLite a
+    # multi-row VALUES.
+    if uow.is_postgres:
+        result = uow.conn.execute(_PG_INSERT_LINES, {"rows": orjson.dumps(rows).decode()})
+    else:
+        stmt = sqlite_insert(ledger_entries).on_conflict_do_nothing()
+        result = uow.conn.execute(stmt.returning(ledger_entries.c.entry_id), rows)
+    inserted = {str(got) for got in result.scalars()}
     return [ln for ln in lines if ln.entry_id in inserted]
+
+
+_LINE_COLUMNS = (
+    "entry_id",
+    "source_event_id",
+    "source_seq",
+    "line_item_type",
+    "tenant_id",
+    "work_unit_id",
+    "execution_session_id",
+    "quantity",
+    "unit",
+    "pricing",
+    "amount_micros",
+    "recorded_at_us",
+    "sub_key",
+)
+_BIGINT_COLUMNS = {"source_seq", "amount_micros", "recorded_at_us"}
+_PG_INSERT_LINES = text(
+    f"INSERT INTO ledger_entries ({', '.join(_LINE_COLUMNS)}) "
+    f"SELECT {', '.join(_LINE_COLUMNS)} FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r("
+    + ", ".join(f"{c} {'bigint' if c in _BIGINT_COLUMNS else 'text'}" for c in _LINE_COLUMNS)
+    + ") ON CONFLICT DO NOTHING RETURNING entry_id"
+)
 
 
 def _load_wallets(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, WalletState]:
@@ -116,9 +144,17 @@ _UPDATE_WALLET = (
 )
 
 
+_PG_UPDATE_WALLETS = text(
+    "UPDATE wallets SET cpu_micros = v.cpu, llm_micros = v.llm, as_of_seq = v.seq "
+    "FROM unnest(CAST(:b_tenant AS text[]), CAST(:b_cpu AS bigint[]), CAST(:b_llm AS bigint[]),"
+    " CAST(:b_seq AS bigint[])) AS v(tenant_id, cpu, llm, seq) "
+    "WHERE wallets.tenant_id = v.tenant_id"
+)
+
+
 def _store_wallets(uow: UnitOfWork, changed: dict[str, WalletState], known: set[str]) -> None:
-    """Write the changed wallets: one UPDATE (executemany) for the known ones, one INSERT for
-    the new ones, whatever the number of tenants in the batch."""
+    """Write the changed wallets: one UPDATE for the known ones (arrays on PostgreSQL, an
+    executemany on SQLite), one INSERT for the new ones, whatever the number of tenants."""
     rows = [
         {
             "b_tenant": tenant_id,
@@ -139,7 +175,12 @@ def _store_wallets(uow: UnitOfWork, changed: dict[str, WalletState], known: set[
         for r in rows
         if r["b_tenant"] not in known
     ]
-    if updates:
+    if updates and uow.is_postgres:
+        uow.conn.execute(
+            _PG_UPDATE_WALLETS,
+            {k: [r[k] for r in updates] for k in ("b_tenant", "b_cpu", "b_llm", "b_seq")},
+        )
+    elif updates:
         uow.conn.execute(_UPDATE_WALLET, updates)
     if inserts:
         uow.conn.execute(wallets.insert(), inserts)
