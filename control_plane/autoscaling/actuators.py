@@ -289,6 +289,16 @@ class WebhookActuator:
 LOCAL_PREFIX = "local-"
 _LOCAL_ID = re.compile(r"^local-(\d+)$")
 _QUICK_EXIT_S = 5.0
+# the control plane's secrets stay out of its agents' environment (and the node id is ours)
+_NOT_FOR_AGENTS = frozenset(
+    {
+        "KRAKO_ADMIN_TOKEN",
+        "KRAKO_DATABASE_URL",
+        "KRAKO_AUTOSCALER_WEBHOOK_SECRET",
+        "KRAKO_NODE_ID",
+        "KRAKO_AGENT_STATE_DIR",
+    }
+)
 
 
 @dataclass
@@ -506,8 +516,8 @@ class LocalActuator:
         try:
             home.mkdir(parents=True, exist_ok=True)
             log_file = (home / "agent.log").open("ab")
-            env = {**os.environ, "KRAKO_NODE_JOIN_TOKEN": self.join_token}
-            env.pop("KRAKO_NODE_ID", None)
+            env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_AGENTS}
+            env["KRAKO_NODE_JOIN_TOKEN"] = self.join_token
             proc = subprocess.Popen(
                 self.command(node_id),
                 env=env,
