@@ -37,9 +37,13 @@ class PricingMissing(RuntimeError):
     """The price table was never initialised (the control plane seeds it on start)."""
 
 
+_POLICY = select(billing_policy).where(billing_policy.c.id == 1)
+_PRICES = select(prices)
+
+
 def load_table(conn: Connection) -> PriceTable:
-    policy = conn.execute(select(billing_policy).where(billing_policy.c.id == 1)).first()
-    rows = conn.execute(select(prices)).all()
+    policy = conn.execute(_POLICY).first()
+    rows = conn.execute(_PRICES).all()
     if policy is None or not rows:
         raise PricingMissing("billing policy and prices not initialised")
     from control_plane.billing.pricing import ModelPrice
@@ -50,7 +54,7 @@ def load_table(conn: Connection) -> PriceTable:
 
 
 def load_policy(conn: Connection) -> BillingPolicy:
-    row = conn.execute(select(billing_policy).where(billing_policy.c.id == 1)).first()
+    row = conn.execute(_POLICY).first()
     if row is None:
         return BillingPolicy()
     return BillingPolicy(

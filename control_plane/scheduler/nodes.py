@@ -25,9 +25,7 @@ from shared.events import (
 from shared.wire import HeartbeatReply, HeartbeatRequest, NodeRegister
 
 
-def register(
-    db: Database, ctx: SchedulerContext, body: NodeRegister
-) -> tuple[str, str]:
+def register(db: Database, ctx: SchedulerContext, body: NodeRegister) -> tuple[str, str]:
     """Register a node (or re-register it with a fresh token); returns (node_id, token)."""
     node_id = body.node_id or new_id("node")
     token = new_secret("kn")
@@ -91,9 +89,7 @@ def _health_event(node_id: str, old: str, reason: str, new: str = "healthy") -> 
     )
 
 
-def heartbeat(
-    db: Database, node_id: str, body: HeartbeatRequest, lease_s: float
-) -> HeartbeatReply:
+def heartbeat(db: Database, node_id: str, body: HeartbeatRequest, lease_s: float) -> HeartbeatReply:
     """Mark the node alive, renew the leases of the units it still holds, and tell it which
     of the units it reports running are no longer its (``revoked``)."""
     running = list(dict.fromkeys(body.running))

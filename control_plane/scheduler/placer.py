@@ -46,20 +46,21 @@ class SchedulerContext:
             self.streaks.popitem(last=False)
 
 
+_FLEET = select(
+    nodes.c.node_id,
+    nodes.c.region,
+    nodes.c.supported_kinds,
+    nodes.c.max_concurrency,
+    nodes.c.running,
+    nodes.c.health,
+    nodes.c.quarantined,
+    nodes.c.drained,
+    nodes.c.trust,
+).order_by(nodes.c.node_id)
+
+
 def node_views(uow: UnitOfWork) -> list[NodeView]:
-    rows = uow.conn.execute(
-        select(
-            nodes.c.node_id,
-            nodes.c.region,
-            nodes.c.supported_kinds,
-            nodes.c.max_concurrency,
-            nodes.c.running,
-            nodes.c.health,
-            nodes.c.quarantined,
-            nodes.c.drained,
-            nodes.c.trust,
-        ).order_by(nodes.c.node_id)
-    )
+    rows = uow.conn.execute(_FLEET)
     return [
         NodeView(
             node_id=r.node_id,
@@ -82,20 +83,52 @@ def _eligible_free(n: NodeView) -> int:
     return max(0, n.max_concurrency - n.running)
 
 
+_DEPTH = (
+    select(
+        queue_depth.c.priority,
+        queue_depth.c.tenant_id,
+        queue_depth.c.kind,
+        queue_depth.c.region,
+        queue_depth.c.queued,
+    )
+    .where(queue_depth.c.queued > 0)
+    .order_by(queue_depth.c.priority, queue_depth.c.tenant_id, queue_depth.c.kind)
+)
+
+
+def _heads(region_clause: Any) -> Any:
+    return (
+        select(
+            work_units.c.id,
+            work_units.c.tenant_id,
+            work_units.c.kind,
+            work_units.c.priority,
+            work_units.c.region,
+            work_units.c.execution_session_id,
+            work_units.c.submit_seq,
+            work_units.c.attempt,
+        )
+        .where(
+            work_units.c.status == WorkUnitStatus.QUEUED.value,
+            work_units.c.priority == bindparam("b_priority"),
+            work_units.c.tenant_id == bindparam("b_tenant"),
+            work_units.c.kind == bindparam("b_kind"),
+            region_clause,
+        )
+        .order_by(work_units.c.submit_seq)
+        .limit(bindparam("b_limit"))
+    )
+
+
+# the first queued units of one (priority, tenant, kind, region) queue, built once
+_HEADS_IN_REGION = _heads(work_units.c.region == bindparam("b_region"))
+_HEADS_ANYWHERE = _heads(work_units.c.region.is_(None))
+
+
 def schedule_pending(uow: UnitOfWork, ctx: SchedulerContext) -> int:
     """Place as many queued units as free slots allow; returns how many were placed."""
     conn = uow.conn
-    depth = conn.execute(
-        select(
-            queue_depth.c.priority,
-            queue_depth.c.tenant_id,
-            queue_depth.c.kind,
-            queue_depth.c.region,
-            queue_depth.c.queued,
-        )
-        .where(queue_depth.c.queued > 0)
-        .order_by(queue_depth.c.priority, queue_depth.c.tenant_id, queue_depth.c.kind)
-    ).all()
+    depth = conn.execute(_DEPTH).all()
     if not depth:
         return 0
     fleet = node_views(uow)
@@ -114,28 +147,11 @@ def schedule_pending(uow: UnitOfWork, ctx: SchedulerContext) -> int:
             continue
         if region and region not in regions:
             continue
-        query = (
-            select(
-                work_units.c.id,
-                work_units.c.tenant_id,
-                work_units.c.kind,
-                work_units.c.priority,
-                work_units.c.region,
-                work_units.c.execution_session_id,
-                work_units.c.submit_seq,
-                work_units.c.attempt,
-            )
-            .where(
-                work_units.c.status == WorkUnitStatus.QUEUED.value,
-                work_units.c.priority == priority,
-                work_units.c.tenant_id == tenant_id,
-                work_units.c.kind == kind,
-                work_units.c.region == region if region else work_units.c.region.is_(None),
-            )
-            .order_by(work_units.c.submit_seq)
-            .limit(min(budget, queued))
-        )
-        for r in conn.execute(query):
+        params = {"b_priority": priority, "b_tenant": tenant_id, "b_kind": kind}
+        if region:
+            params["b_region"] = region
+        params["b_limit"] = min(budget, queued)
+        for r in conn.execute(_HEADS_IN_REGION if region else _HEADS_ANYWHERE, params):
             attempts[r.id] = r.attempt
             candidates.append(
                 UnitView(
@@ -179,6 +195,19 @@ def _place_quietly(uow: UnitOfWork, ctx: SchedulerContext) -> None:
     schedule_pending(uow, ctx)
 
 
+_TENANT_TURNS = select(tenants.c.tenant_id, tenants.c.max_running, tenants.c.last_placed_seq).where(
+    tenants.c.tenant_id.in_(bindparam("b_ids", expanding=True))
+)
+_IN_FLIGHT = (
+    select(work_units.c.tenant_id, func.count().label("n"))
+    .where(
+        work_units.c.tenant_id.in_(bindparam("b_ids", expanding=True)),
+        work_units.c.status.in_([WorkUnitStatus.SCHEDULED.value, WorkUnitStatus.CLAIMED.value]),
+    )
+    .group_by(work_units.c.tenant_id)
+)
+
+
 def _tenant_load(
     uow: UnitOfWork, tenant_ids: set[str]
 ) -> tuple[dict[str, int], dict[str, int | None], dict[str, int]]:
@@ -187,27 +216,11 @@ def _tenant_load(
     ids = sorted(tenant_ids)
     limited: dict[str, int | None] = {}
     served: dict[str, int] = {}
-    for r in uow.conn.execute(
-        select(tenants.c.tenant_id, tenants.c.max_running, tenants.c.last_placed_seq).where(
-            tenants.c.tenant_id.in_(ids)
-        )
-    ):
+    for r in uow.conn.execute(_TENANT_TURNS, {"b_ids": ids}):
         served[r.tenant_id] = int(r.last_placed_seq)
         if r.max_running is not None:
             limited[r.tenant_id] = r.max_running
-    running = {
-        r.tenant_id: int(r.n)
-        for r in uow.conn.execute(
-            select(work_units.c.tenant_id, func.count().label("n"))
-            .where(
-                work_units.c.tenant_id.in_(ids),
-                work_units.c.status.in_(
-                    [WorkUnitStatus.SCHEDULED.value, WorkUnitStatus.CLAIMED.value]
-                ),
-            )
-            .group_by(work_units.c.tenant_id)
-        )
-    }
+    running = {r.tenant_id: int(r.n) for r in uow.conn.execute(_IN_FLIGHT, {"b_ids": ids})}
     return running, limited, served
 
 
@@ -220,6 +233,11 @@ _SET_SCHEDULED = (
         offered_to=bindparam("b_offered"),
         updated_at_us=bindparam("b_now"),
     )
+)
+_SET_TURN = (
+    update(tenants)
+    .where(tenants.c.tenant_id == bindparam("b_tenant"))
+    .values(last_placed_seq=bindparam("b_seq"))
 )
 _ADD_RUNNING = (
     update(nodes)
@@ -300,9 +318,7 @@ def _write_placements(
     for p, ev in zip(placements, stored, strict=True):
         last_by_tenant[units[p.unit_id].tenant_id] = ev.seq
     conn.execute(
-        update(tenants)
-        .where(tenants.c.tenant_id == bindparam("b_tenant"))
-        .values(last_placed_seq=bindparam("b_seq")),
+        _SET_TURN,
         [{"b_tenant": t, "b_seq": q} for t, q in sorted(last_by_tenant.items())],
     )
     uow.wake(*{f"node:{node}" for p in placements for node in p.offered_to})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -37,13 +38,21 @@ def adjust_depth(uow: UnitOfWork, deltas: Iterable[tuple[QueueKey, int]]) -> Non
     ]
     if not rows:
         return
-    ins = pg_insert(queue_depth) if uow.is_postgres else sqlite_insert(queue_depth)
-    stmt = ins.on_conflict_do_update(
+    uow.conn.execute(_UPSERT_PG if uow.is_postgres else _UPSERT_SQLITE, rows)
+    uow.wake("queue")
+
+
+def _upsert(ins: Any) -> Any:
+    return ins.on_conflict_do_update(
         index_elements=["priority", "tenant_id", "kind", "region"],
         set_={"queued": queue_depth.c.queued + ins.excluded.queued},
     )
-    uow.conn.execute(stmt, rows)
-    uow.wake("queue")
+
+
+# built once: statement construction costs more than running them on the hot path
+_UPSERT_PG = _upsert(pg_insert(queue_depth))
+_UPSERT_SQLITE = _upsert(sqlite_insert(queue_depth))
+_MODE = select(capacity_state.c.mode).where(capacity_state.c.id == 1)
 
 
 def depth_by_priority(conn: Connection) -> dict[str, int]:
@@ -60,5 +69,5 @@ def depth_by_priority(conn: Connection) -> dict[str, int]:
 
 
 def current_mode(conn: Connection) -> CapacityMode:
-    mode = conn.execute(select(capacity_state.c.mode).where(capacity_state.c.id == 1)).scalar()
+    mode = conn.execute(_MODE).scalar()
     return CapacityMode(mode) if mode else CapacityMode.OPEN

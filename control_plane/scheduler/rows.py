@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, bindparam, select
 
 from control_plane.db.tables import nodes, work_units
 from control_plane.eventlog.store import us_to_dt
@@ -59,8 +59,12 @@ def to_work_unit(row: Row[Any]) -> WorkUnit:
     )
 
 
+_UNIT = select(work_units).where(work_units.c.id == bindparam("b_id"))
+_NODE = select(nodes).where(nodes.c.node_id == bindparam("b_id"))
+
+
 def load_unit(conn: Connection, unit_id: str) -> Row[Any] | None:
-    return conn.execute(select(work_units).where(work_units.c.id == unit_id)).first()
+    return conn.execute(_UNIT, {"b_id": unit_id}).first()
 
 
 def to_node(row: Row[Any]) -> Node:
@@ -82,4 +86,4 @@ def to_node(row: Row[Any]) -> Node:
 
 
 def load_node(conn: Connection, node_id: str) -> Row[Any] | None:
-    return conn.execute(select(nodes).where(nodes.c.node_id == node_id)).first()
+    return conn.execute(_NODE, {"b_id": node_id}).first()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from control_plane.db.tables import nodes
 from control_plane.db.uow import UnitOfWork
@@ -19,16 +19,17 @@ from shared.events import EventType, NewEvent, TrustScoreChanged
 PARAMS = TrustParams()
 
 
+_TRUST = select(
+    nodes.c.trust,
+    nodes.c.quarantined,
+    nodes.c.trust_reported,
+    nodes.c.quarantined_at_us,
+    nodes.c.on_probation,
+).where(nodes.c.node_id == bindparam("b_node"))
+
+
 def _load(uow: UnitOfWork, node_id: str) -> TrustState | None:
-    row = uow.conn.execute(
-        select(
-            nodes.c.trust,
-            nodes.c.quarantined,
-            nodes.c.trust_reported,
-            nodes.c.quarantined_at_us,
-            nodes.c.on_probation,
-        ).where(nodes.c.node_id == node_id)
-    ).first()
+    row = uow.conn.execute(_TRUST, {"b_node": node_id}).first()
     if row is None:
         return None
     return TrustState(

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from control_plane.db.engine import Database
 from control_plane.db.tables import nodes, offers, tenants, work_units
@@ -254,9 +254,7 @@ def _submit(
         schedule_pending(uow, ctx)
         stored = {
             r.id: to_work_unit(r)
-            for r in conn.execute(
-                select(*WORK_UNIT_COLUMNS).where(work_units.c.id.in_([a.id for a in fresh]))
-            )
+            for r in conn.execute(_UNITS_BY_ID, {"b_ids": [a.id for a in fresh]})
         }
     first_seen: set[str] = set()
     for i, acc in accepted:
@@ -268,6 +266,11 @@ def _submit(
         outcomes[i] = Outcome(200 if acc.id in first_seen else 201, unit=unit)
         first_seen.add(acc.id)
     return [o if o is not None else Outcome(500) for o in outcomes]
+
+
+_UNITS_BY_ID = select(*WORK_UNIT_COLUMNS).where(
+    work_units.c.id.in_(bindparam("b_ids", expanding=True))
+)
 
 
 def _dedupe(accs: list[Accepted]) -> list[Accepted]:
