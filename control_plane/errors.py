@@ -106,7 +106,9 @@ def already_claimed(unit_id: str, attempt: int) -> Conflict:
 
 
 def not_claimable(unit_id: str, why: str) -> Conflict:
-    return Conflict(f"work unit {unit_id} is not claimable by this node: {why}", code="not_claimable")
+    return Conflict(
+        f"work unit {unit_id} is not claimable by this node: {why}", code="not_claimable"
+    )
 
 
 def stale_claim(unit_id: str, why: str) -> Conflict:

@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         "--access-log", action="store_true", help="log every request (off by default)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     try:
         settings = Settings()
         if settings.dev:
