@@ -88,7 +88,9 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Store a wallet snapshot every N events folded."
     )
 
-    autoscaler_actuator: str = Field(default="log", description="log | local | webhook")
+    autoscaler_actuator: str = Field(
+        default="log", description="log | local | webhook | kubernetes"
+    )
     autoscaler_min_nodes: int = Field(
         default=0, ge=0, description="The autoscaler never asks for fewer nodes."
     )
@@ -200,16 +202,34 @@ class Settings(BaseSettings):
         description="local actuator: on shutdown, how long its agents may take to exit after "
         "SIGTERM before they are killed.",
     )
+    autoscaler_k8s_deployment: str = Field(
+        default="krako-agent",
+        description="kubernetes actuator: the agent Deployment whose replicas it sets.",
+    )
+    autoscaler_k8s_namespace: str | None = Field(
+        default=None,
+        description="kubernetes actuator: the Deployment's namespace (default: the pod's own).",
+    )
+    autoscaler_k8s_api_url: str | None = Field(
+        default=None,
+        description="kubernetes actuator: API server URL (default: the in-cluster service).",
+    )
     autoscaler_webhook_timeout_s: float = Field(
-        default=5.0, gt=0, description="webhook actuator: timeout of one delivery attempt."
+        default=5.0,
+        gt=0,
+        description="webhook and kubernetes actuators: timeout of one attempt.",
     )
     autoscaler_webhook_retries: int = Field(
-        default=4, ge=0, le=20, description="webhook actuator: retries after a failed attempt."
+        default=4,
+        ge=0,
+        le=20,
+        description="webhook and kubernetes actuators: retries after a failed attempt.",
     )
     autoscaler_webhook_backoff_s: float = Field(
         default=0.5,
         gt=0,
-        description="webhook actuator: first retry delay (doubled at each retry, jittered).",
+        description="webhook and kubernetes actuators: first retry delay (doubled at each "
+        "retry, jittered).",
     )
 
     db_pool_size: int = Field(

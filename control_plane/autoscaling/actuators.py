@@ -15,6 +15,8 @@ actuator reconciles at every tick, the webhook one re-delivers with the next sca
 - ``webhook``: POSTs each scale request as JSON to a URL, signed with HMAC-SHA256
   (``X-Krako-Signature: sha256=<hex>`` over the exact body), with retries and jittered
   exponential backoff, from a worker thread so a slow receiver never delays a tick.
+- ``kubernetes``: sets the agent Deployment's replicas through its scale subresource, with
+  the pod's ServiceAccount (deploy/k8s/rbac.yaml), the same way (worker thread, retries).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import random
 import re
 import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -54,6 +57,7 @@ from shared.enums import NodeHealth, WorkUnitStatus
 __all__ = [
     "ACTUATORS",
     "Actuator",
+    "KubernetesActuator",
     "LocalActuator",
     "LogActuator",
     "ScaleAction",
@@ -132,14 +136,148 @@ def sign(secret: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-class WebhookActuator:
-    """POSTs each scale request to ``url``, signed, with retries; from a worker thread.
+class _Delivery:
+    """Sends scale requests from a worker thread, so a slow receiver never delays a tick.
 
-    Requests that pile up while one is being delivered are coalesced to the newest (it carries
-    the target in force). A request that still fails after the retries is logged and kept:
-    the next scale request supersedes it, and without one it is sent again after
-    ``redeliver_after_s``. Receivers can de-duplicate on ``event_id`` (also the
-    ``X-Krako-Event-Id`` header): a request may arrive more than once.
+    Requests that pile up while one is being sent are coalesced to the newest (it carries the
+    target in force). Each is tried ``retries + 1`` times with jittered exponential backoff;
+    one that still fails is logged and kept: the next scale request supersedes it, and
+    without one it is sent again after ``redeliver_after_s``. Subclasses make one attempt
+    (``_attempt``) and say whether it worked, may be retried, or must not be retried.
+    """
+
+    name = "delivery"
+
+    def __init__(
+        self,
+        *,
+        retries: int,
+        backoff_s: float,
+        backoff_max_s: float = 30.0,
+        redeliver_after_s: float = 60.0,
+    ) -> None:
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.redeliver_after_s = redeliver_after_s
+        self._cv = threading.Condition()
+        self._pending: ScaleAction | None = None
+        self._failed: tuple[ScaleAction, float] | None = None
+        self._busy = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.delivered: list[str] = []  # event ids, in delivery order (for operators and tests)
+        self.failed_attempts = 0
+
+    def _attempt(self, action: ScaleAction) -> str:
+        """One try: ``ok``, ``retry`` (worth trying again) or ``fail`` (pointless to)."""
+        raise NotImplementedError
+
+    def _close_client(self) -> None:
+        return None
+
+    def actuate(self, desired_nodes: int, request: ScaleAction | None) -> None:
+        with self._cv:
+            if request is not None:
+                self._pending = request
+                self._failed = None
+            elif self._failed is not None and self._pending is None:
+                action, at = self._failed
+                if time.monotonic() - at >= self.redeliver_after_s:
+                    self._pending, self._failed = action, None
+            if self._pending is None:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"krako-autoscaler-{self.name}", daemon=True
+                )
+                self._thread.start()
+            self._cv.notify_all()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until nothing is pending or being sent; returns whether it got there."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while self._pending is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._close_client()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._cv:
+                while self._pending is None and not self._stop.is_set():
+                    self._cv.wait()
+                if self._stop.is_set():
+                    return
+                action, self._pending = self._pending, None
+                self._busy = True
+            assert action is not None
+            try:
+                outcome = self._deliver(action)
+            except Exception:  # never let the worker die
+                log.exception("%s: sending %s crashed", self.name, action.event_id)
+                outcome = "failed"
+            with self._cv:
+                self._busy = False
+                if outcome == "delivered":
+                    self.delivered.append(action.event_id)
+                elif outcome == "failed" and self._pending is None:
+                    self._failed = (action, time.monotonic())
+                self._cv.notify_all()
+
+    def _deliver(self, action: ScaleAction) -> str:
+        """One request with its retries: ``delivered``, ``failed`` or ``superseded``."""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+                if self._stop.wait(delay * random.uniform(0.5, 1.0)):
+                    return "failed"
+                with self._cv:
+                    if self._pending is not None:  # a newer request carries the target now
+                        log.info("%s: %s superseded by a newer request", self.name, action.event_id)
+                        return "superseded"
+            outcome = self._attempt(action)
+            if outcome == "ok":
+                log.info(
+                    "%s: sent %s (%d -> %d nodes)",
+                    self.name,
+                    action.event_id,
+                    action.from_nodes,
+                    action.to_nodes,
+                )
+                return "delivered"
+            self.failed_attempts += 1
+            if outcome == "fail":
+                return "failed"
+        log.error(
+            "%s: %s not sent after %d attempts; kept for the next scale request",
+            self.name,
+            action.event_id,
+            self.retries + 1,
+        )
+        return "failed"
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status in (408, 425, 429)
+
+
+class WebhookActuator(_Delivery):
+    """POSTs each scale request (``ScaleAction.body()``) to ``url``, signed with HMAC-SHA256
+    over the exact body bytes (``X-Krako-Signature: sha256=<hex>``). Receivers can
+    de-duplicate on ``event_id`` (also the ``X-Krako-Event-Id`` header): a request may arrive
+    more than once. 5xx, 408, 425, 429 and network errors are retried; other 4xx are not.
     """
 
     name = "webhook"
@@ -156,84 +294,20 @@ class WebhookActuator:
         redeliver_after_s: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        super().__init__(
+            retries=retries,
+            backoff_s=backoff_s,
+            backoff_max_s=backoff_max_s,
+            redeliver_after_s=redeliver_after_s,
+        )
         self.url = url
         self.secret = secret
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
-        self.redeliver_after_s = redeliver_after_s
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport)
-        self._cv = threading.Condition()
-        self._pending: ScaleAction | None = None
-        self._failed: tuple[ScaleAction, float] | None = None
-        self._busy = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.delivered: list[str] = []  # event ids, in delivery order (for operators and tests)
-        self.failed_attempts = 0
 
-    def actuate(self, desired_nodes: int, request: ScaleAction | None) -> None:
-        with self._cv:
-            if request is not None:
-                self._pending = request
-                self._failed = None
-            elif self._failed is not None and self._pending is None:
-                action, at = self._failed
-                if time.monotonic() - at >= self.redeliver_after_s:
-                    self._pending, self._failed = action, None
-            if self._pending is None:
-                return
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="krako-autoscaler-webhook", daemon=True
-                )
-                self._thread.start()
-            self._cv.notify_all()
-
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until nothing is pending or being delivered; returns whether it got there."""
-        deadline = time.monotonic() + timeout_s
-        with self._cv:
-            while self._pending is not None or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._cv:
-            self._cv.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+    def _close_client(self) -> None:
         self._client.close()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._cv:
-                while self._pending is None and not self._stop.is_set():
-                    self._cv.wait()
-                if self._stop.is_set():
-                    return
-                action, self._pending = self._pending, None
-                self._busy = True
-            assert action is not None
-            try:
-                outcome = self._deliver(action)
-            except Exception:  # never let the worker die
-                log.exception("webhook delivery of %s crashed", action.event_id)
-                outcome = "failed"
-            with self._cv:
-                self._busy = False
-                if outcome == "delivered":
-                    self.delivered.append(action.event_id)
-                elif outcome == "failed" and self._pending is None:
-                    self._failed = (action, time.monotonic())
-                self._cv.notify_all()
-
-    def _deliver(self, action: ScaleAction) -> str:
-        """One request with its retries: ``delivered``, ``failed`` or ``superseded``."""
+    def _attempt(self, action: ScaleAction) -> str:
         body = orjson.dumps(action.body(), option=orjson.OPT_SORT_KEYS)
         headers = {
             "Content-Type": "application/json",
@@ -241,47 +315,105 @@ class WebhookActuator:
             "X-Krako-Event-Id": action.event_id,
             "X-Krako-Signature": sign(self.secret, body),
         }
-        for attempt in range(self.retries + 1):
-            if attempt:
-                delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
-                if self._stop.wait(delay * random.uniform(0.5, 1.0)):
-                    return "failed"
-                with self._cv:
-                    if self._pending is not None:  # a newer request carries the target now
-                        log.info("webhook: %s superseded by a newer request", action.event_id)
-                        return "superseded"
-            try:
-                r = self._client.post(self.url, content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                self.failed_attempts += 1
-                log.warning("webhook %s attempt %d failed: %s", self.url, attempt + 1, exc)
-                continue
-            if r.is_success:
-                log.info(
-                    "webhook delivered %s (%d -> %d nodes)",
-                    action.event_id,
-                    action.from_nodes,
-                    action.to_nodes,
-                )
-                return "delivered"
-            self.failed_attempts += 1
-            retryable = r.status_code >= 500 or r.status_code in (408, 425, 429)
-            log.warning(
-                "webhook %s answered %d to %s (attempt %d)%s",
-                self.url,
-                r.status_code,
-                action.event_id,
-                attempt + 1,
-                "" if retryable else "; not retrying",
-            )
-            if not retryable:
-                return "failed"
-        log.error(
-            "webhook: %s not delivered after %d attempts; kept for the next scale request",
+        try:
+            r = self._client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            log.warning("webhook %s: %s failed: %s", self.url, action.event_id, exc)
+            return "retry"
+        if r.is_success:
+            return "ok"
+        retry = _retryable(r.status_code)
+        log.warning(
+            "webhook %s answered %d to %s%s",
+            self.url,
+            r.status_code,
             action.event_id,
-            self.retries + 1,
+            "" if retry else "; not retrying",
         )
-        return "failed"
+        return "retry" if retry else "fail"
+
+
+# --------------------------------------------------------------------------- kubernetes
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class KubernetesActuator(_Delivery):
+    """Sets ``spec.replicas`` of the agent Deployment through its scale subresource::
+
+        PATCH {api}/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale
+        Content-Type: application/merge-patch+json
+        {"spec": {"replicas": <to>}}
+
+    with the pod's ServiceAccount token (re-read at every call: bound tokens rotate). The
+    Role in ``deploy/k8s/rbac.yaml`` grants exactly this. Kubernetes picks the pods to remove;
+    each gets SIGTERM, stops polling and finishes or hands back what it holds within its
+    grace period, so a scale-down loses no unit. A 403 means the RBAC is missing.
+    """
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        *,
+        deployment: str,
+        namespace: str,
+        api_url: str,
+        token_path: Path = SA_DIR / "token",
+        ca_path: Path | None = SA_DIR / "ca.crt",
+        timeout_s: float = 5.0,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(retries=retries, backoff_s=backoff_s)
+        self.deployment = deployment
+        self.namespace = namespace
+        self.token_path = token_path
+        self.url = (
+            f"{api_url.rstrip('/')}/apis/apps/v1/namespaces/{namespace}"
+            f"/deployments/{deployment}/scale"
+        )
+        verify: ssl.SSLContext | bool = True
+        if transport is None and ca_path is not None and ca_path.exists():
+            verify = ssl.create_default_context(cafile=str(ca_path))
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s), transport=transport, verify=verify
+        )
+
+    def _close_client(self) -> None:
+        self._client.close()
+
+    def _attempt(self, action: ScaleAction) -> str:
+        try:
+            token = self.token_path.read_text().strip()
+        except OSError as exc:
+            log.error("kubernetes: no ServiceAccount token at %s: %s", self.token_path, exc)
+            return "fail"
+        try:
+            r = self._client.patch(
+                self.url,
+                content=orjson.dumps({"spec": {"replicas": action.to_nodes}}),
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/merge-patch+json",
+                    "User-Agent": "krako-autoscaler",
+                },
+            )
+        except httpx.HTTPError as exc:
+            log.warning("kubernetes: scaling %s failed: %s", self.deployment, exc)
+            return "retry"
+        if r.is_success:
+            return "ok"
+        hint = " (is deploy/k8s/rbac.yaml applied?)" if r.status_code in (401, 403) else ""
+        log.warning(
+            "kubernetes: PATCH %s answered %d%s: %s",
+            self.url,
+            r.status_code,
+            hint,
+            r.text[:300],
+        )
+        return "retry" if _retryable(r.status_code) else "fail"
 
 
 # --------------------------------------------------------------------------- local processes
@@ -600,7 +732,7 @@ def _is_agent(pid: int, node_id: str) -> bool:
 
 # --------------------------------------------------------------------------- choosing one
 
-ACTUATORS = ("log", "local", "webhook")
+ACTUATORS = ("log", "local", "webhook", "kubernetes")
 
 
 def build_actuator(settings: Settings, db: Database) -> Actuator:
@@ -623,6 +755,15 @@ def build_actuator(settings: Settings, db: Database) -> Actuator:
             retries=settings.autoscaler_webhook_retries,
             backoff_s=settings.autoscaler_webhook_backoff_s,
         )
+    if kind == "kubernetes":
+        return KubernetesActuator(
+            deployment=settings.autoscaler_k8s_deployment,
+            namespace=settings.autoscaler_k8s_namespace or _sa_namespace(),
+            api_url=settings.autoscaler_k8s_api_url or _in_cluster_api_url(),
+            timeout_s=settings.autoscaler_webhook_timeout_s,
+            retries=settings.autoscaler_webhook_retries,
+            backoff_s=settings.autoscaler_webhook_backoff_s,
+        )
     if kind == "local":
         if not settings.node_join_token:
             raise ValueError("KRAKO_AUTOSCALER_ACTUATOR=local needs KRAKO_NODE_JOIN_TOKEN")
@@ -640,3 +781,25 @@ def build_actuator(settings: Settings, db: Database) -> Actuator:
         f"KRAKO_AUTOSCALER_ACTUATOR={settings.autoscaler_actuator!r}: expected one of "
         f"{', '.join(ACTUATORS)}"
     )
+
+
+def _sa_namespace() -> str:
+    try:
+        return (SA_DIR / "namespace").read_text().strip()
+    except OSError:
+        raise ValueError(
+            "KRAKO_AUTOSCALER_ACTUATOR=kubernetes outside a pod needs "
+            "KRAKO_AUTOSCALER_K8S_NAMESPACE (and KRAKO_AUTOSCALER_K8S_API_URL)"
+        ) from None
+
+
+def _in_cluster_api_url() -> str:
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        raise ValueError(
+            "KRAKO_AUTOSCALER_ACTUATOR=kubernetes outside a pod needs KRAKO_AUTOSCALER_K8S_API_URL"
+        )
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"https://{host}:{port}"

@@ -20,12 +20,19 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from control_plane.autoscaling import leader
-from control_plane.autoscaling.actuators import WebhookActuator, build_actuator
+from control_plane.autoscaling.actuators import (
+    KubernetesActuator,
+    ScaleAction,
+    WebhookActuator,
+    build_actuator,
+)
 from control_plane.autoscaling.service import (
     LEASE_NAME,
     AutoscalerService,
@@ -374,8 +381,15 @@ def test_actuator_settings_are_checked_at_start(db: Database, db_url: str) -> No
             ),
             db,
         )
+    with pytest.raises(ValueError, match="K8S_API_URL"):
+        build_actuator(
+            make_settings(
+                db_url, autoscaler_actuator="kubernetes", autoscaler_k8s_namespace="krako"
+            ),
+            db,
+        )
     with pytest.raises(ValueError, match="expected one of"):
-        build_actuator(make_settings(db_url, autoscaler_actuator="kubernetes"), db)
+        build_actuator(make_settings(db_url, autoscaler_actuator="nomad"), db)
     with pytest.raises(ValueError, match="hysteresis"):
         params_from_settings(
             make_settings(
@@ -400,3 +414,78 @@ def test_the_lease_is_exclusive_until_it_expires(db: Database) -> None:
     assert take("a", 10.0)
     with read_connection(db) as conn:
         assert leader.holder_of(conn, "test-lease") is not None
+
+
+def _action(event_id: str, to: int) -> ScaleAction:
+    return ScaleAction(event_id, 7, 1, to, "test", {"queued": 9}, 1_790_000_000_000_000)
+
+
+def test_kubernetes_actuator_patches_the_scale_subresource(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("sa-token-1\n")
+    seen: list[httpx.Request] = []
+    answers = [503, 200, 403]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(answers[len(seen) - 1], json={})
+
+    k8s = KubernetesActuator(
+        deployment="krako-agent",
+        namespace="krako",
+        api_url="https://k8s.example:6443/",
+        token_path=token,
+        ca_path=None,
+        backoff_s=0.01,
+        transport=httpx.MockTransport(handler),
+    )
+    try:
+        k8s.actuate(3, _action("evt_a", 3))
+        assert k8s.flush(5) and k8s.delivered == ["evt_a"]
+        first, retry = seen
+        assert first.method == "PATCH"
+        assert str(first.url) == (
+            "https://k8s.example:6443/apis/apps/v1/namespaces/krako/deployments/krako-agent/scale"
+        )
+        assert first.headers["content-type"] == "application/merge-patch+json"
+        assert first.headers["authorization"] == "Bearer sa-token-1"
+        assert json.loads(retry.content) == {"spec": {"replicas": 3}}
+
+        token.write_text("sa-token-2")  # rotated: read again at every call
+        k8s.actuate(3, None)  # no new request: nothing sent
+        k8s.actuate(1, _action("evt_b", 1))
+        assert k8s.flush(5)
+        assert len(seen) == 3 and seen[2].headers["authorization"] == "Bearer sa-token-2"
+        assert k8s.delivered == ["evt_a"]  # a 403 is not retried (RBAC missing)
+    finally:
+        k8s.close()
+
+
+def test_webhook_keeps_a_failed_request_until_the_next_one(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        event_id = json.loads(request.content)["event_id"]
+        calls.append(event_id)
+        return httpx.Response(500 if event_id == "evt_1" else 204)
+
+    hook = WebhookActuator(
+        "http://receiver.example/scale",
+        "s3cret",
+        retries=2,
+        backoff_s=0.01,
+        redeliver_after_s=0.2,
+        transport=httpx.MockTransport(handler),
+    )
+    try:
+        hook.actuate(2, _action("evt_1", 2))
+        assert hook.flush(5) and hook.delivered == [] and calls == ["evt_1"] * 3
+        hook.actuate(2, None)  # too soon to send it again
+        assert hook.flush(5) and len(calls) == 3
+        time.sleep(0.25)
+        hook.actuate(2, None)  # sent again after redeliver_after_s (and fails again)
+        assert hook.flush(5) and len(calls) == 6
+        hook.actuate(4, _action("evt_2", 4))  # the next scale request supersedes it
+        assert hook.flush(5) and hook.delivered == ["evt_2"]
+    finally:
+        hook.close()
