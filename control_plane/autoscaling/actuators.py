@@ -447,13 +447,7 @@ class _Agent:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return _pid_alive(self.pid)
 
     def signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -712,13 +706,28 @@ def _order(agent: _Agent) -> tuple[int, str]:
     return (int(m.group(1)) if m else 0, agent.node_id)
 
 
-def _is_agent(pid: int, node_id: str) -> bool:
-    """Whether ``pid`` is alive and is the agent of ``node_id`` (guards against pid reuse)."""
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process that nobody reaped yet does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust the signal
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _is_agent(pid: int, node_id: str) -> bool:
+    """Whether ``pid`` is alive and is the agent of ``node_id`` (guards against pid reuse)."""
+    try:
+        os.kill(pid, 0)  # also refuses another user's process: not one we could stop
+    except OSError:
+        return False
+    if not _pid_alive(pid):
         return False
     cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.exists():

@@ -28,7 +28,6 @@ This module wires the pure controller to the scheduler's capacity commands, so i
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -300,9 +299,7 @@ def _lead(uow: UnitOfWork, params: ControllerParams, holder: str) -> TickOutcome
         "tick_at": _rfc3339(now_us),
         "replica": holder,
         "mode": mode.value,
-        "mode_since": _rfc3339(int(new_state.mode_since * 1e6))
-        if math.isfinite(new_state.mode_since)
-        else None,
+        "mode_since": _rfc3339(now_us if mode is not state.mode else int(row.mode_since_us)),
         "override_active": override,
         "override_expired": override_expired,
         "desired_nodes": new_state.desired_nodes,

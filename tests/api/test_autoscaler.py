@@ -17,6 +17,10 @@ import hmac
 import http.server
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +33,7 @@ import pytest
 from control_plane.autoscaling import leader
 from control_plane.autoscaling.actuators import (
     KubernetesActuator,
+    LocalActuator,
     ScaleAction,
     WebhookActuator,
     build_actuator,
@@ -489,3 +494,29 @@ def test_webhook_keeps_a_failed_request_until_the_next_one(tmp_path: Path) -> No
         assert hook.flush(5) and hook.delivered == ["evt_2"]
     finally:
         hook.close()
+
+
+def test_local_actuator_adopts_agents_a_previous_run_left(db: Database, tmp_path: Path) -> None:
+    """A control plane killed without its shutdown leaves agents running: the next one finds
+    them by their pid files (checking the command line against pid reuse) and manages them."""
+    state = tmp_path / "agents"
+    (state / "local-7").mkdir(parents=True)
+    (state / "local-8").mkdir(parents=True)
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "node_agent", "local-7"]
+    )
+    try:
+        (state / "local-7" / "agent.pid").write_text(str(orphan.pid))
+        (state / "local-8" / "agent.pid").write_text(str(os.getpid()))  # not an agent
+        local = LocalActuator(
+            db, control_plane_url="http://x", join_token="j" * 20, state_dir=state
+        )
+        assert set(local.agents) == {"local-7"}
+        assert not (state / "local-8" / "agent.pid").exists()
+        assert local._next_node_id() == "local-8"
+        local.close()  # SIGTERM, as for its own agents
+        assert orphan.wait(timeout=5) == -signal.SIGTERM
+        assert not (state / "local-7" / "agent.pid").exists()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
