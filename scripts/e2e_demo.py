@@ -53,7 +53,16 @@ CAPACITY_EVENTS = ("capacity.scale.requested", "capacity.admission.mode.changed"
 # model choice); every other KRAKO_* is set by the demo itself so runs are reproducible.
 PASS_THROUGH = ("KRAKO_OPENAI_", "KRAKO_LLM_MODEL", "KRAKO_LLM_PRICES", "OPENAI_")
 PRESSURE_UNITS_TOTAL = 6  # with no capacity yet, >= 4 queued units per slot is "backlog"
+PRESSURE_SECOND_WAVE = 14  # 20 queued: past the CRITICAL threshold (16 per slot)
 PRESSURE_SLEEP_MS = 300
+# Autoscaler timings for the pressure scenario: a mode holds 1 s (30 s in production), so
+# the ramp OPEN -> THROTTLED -> CRITICAL and back fits in a few seconds.
+PRESSURE_ENV = {
+    "KRAKO_AUTOSCALER_MIN_HOLD_S": "1",
+    "KRAKO_AUTOSCALER_IDLE_HOLD_S": "1",
+    "KRAKO_AUTOSCALER_SCALE_UP_COOLDOWN_S": "1",
+    "KRAKO_AUTOSCALER_SCALE_DOWN_WINDOW_S": "3",
+}
 KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 Json = dict[str, Any]
@@ -133,7 +142,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         parser.error("--burst must be at least 1")
     if args.polls < 1:
         parser.error("--polls must be at least 1")
-    poll_wait = args.poll_wait if args.poll_wait is not None else (3.0 if args.multi_agent else 1.0)
+    poll_wait = (
+        args.poll_wait
+        if args.poll_wait is not None
+        else (3.0 if args.multi_agent or args.simulate_pressure == "auto" else 1.0)
+    )
     if not 0 <= poll_wait <= 30:
         parser.error("--poll-wait must be within 0-30 seconds")
     data_dir = args.data_dir or Path(os.environ.get("KRAKO_DATA_DIR") or ".krako") / "demo"
@@ -325,6 +338,7 @@ class Reply:
     status: int
     body: Any
     text: str
+    retry_after: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -370,7 +384,7 @@ class Api:
         if response.content:
             with contextlib.suppress(ValueError):
                 body = response.json()
-        return Reply(response.status_code, body, response.text)
+        return Reply(response.status_code, body, response.text, response.headers.get("retry-after"))
 
     def ready(self) -> bool:
         try:
@@ -419,6 +433,7 @@ class Demo:
         self.opts = opts
         self.out = out
         self.log_dir = opts.data_dir / "logs"
+        self._mode_after = 0
         self.fleet = Fleet(self.log_dir)
         self.admin_token = "ka_" + secrets.token_urlsafe(24)
         self.join_token = "kj_" + secrets.token_urlsafe(24)
@@ -452,6 +467,7 @@ class Demo:
                 "KRAKO_LEASE_REAPER_INTERVAL_S": "0.5",
                 "KRAKO_AUTOSCALER_INTERVAL_S": "0.5",
                 "KRAKO_SCHEDULER_OFFER_FANOUT": "2" if self.opts.multi_agent else "1",
+                **(PRESSURE_ENV if self.opts.pressure else {}),
             }
         )
         proc = self.fleet.start(
@@ -487,19 +503,26 @@ class Demo:
             for i in range(max(0, PRESSURE_UNITS_TOTAL - self.opts.burst)):
                 payload = {"handler": "sleep", "args": {"ms": PRESSURE_SLEEP_MS}}
                 units.append(("cpu", payload, f"pressure-{i}"))
+        self._submit_all(units)
+        self.data.timings["submitted"] = time.monotonic() - self.started
+
+    def _submit_one(self, kind: str, payload: Json, key: str, priority: str = "p1") -> Reply:
+        body = {
+            "kind": kind,
+            "execution_session_id": self.session_id,
+            "priority": priority,
+            "payload": payload,
+        }
+        return self.api.call(
+            "POST",
+            "/v1/workunits",
+            json_body=body,
+            headers={"Idempotency-Key": f"{self.session_id}-{key}"},
+        )
+
+    def _submit_all(self, units: Sequence[tuple[str, Json, str]]) -> None:
         for kind, payload, key in units:
-            body = {
-                "kind": kind,
-                "execution_session_id": self.session_id,
-                "priority": "p1",
-                "payload": payload,
-            }
-            reply = self.api.call(
-                "POST",
-                "/v1/workunits",
-                json_body=body,
-                headers={"Idempotency-Key": f"{self.session_id}-{key}"},
-            )
+            reply = self._submit_one(kind, payload, key)
             if reply.status == 429:
                 self.data.notes.append(
                     f"unit {key} refused by admission ({reply.why()}); not retried"
@@ -508,7 +531,53 @@ class Demo:
             if not reply.ok:
                 raise DemoError(f"POST /v1/workunits: {reply.why()}")
             self.data.unit_ids.append(reply.body["id"])
-        self.data.timings["submitted"] = time.monotonic() - self.started
+
+    def ramp_pressure(self) -> None:
+        """With no capacity yet: the first wave takes the mode to THROTTLED, a second wave to
+        CRITICAL, where a p1 submission is refused (429) and a p0 one admitted. The agent
+        started afterwards drains it all, and the mode comes back down to OPEN."""
+        if not self.wait_for_mode("THROTTLED"):
+            return
+        sleep = {"handler": "sleep", "args": {"ms": PRESSURE_SLEEP_MS}}
+        self._submit_all([("cpu", sleep, f"wave2-{i}") for i in range(PRESSURE_SECOND_WAVE)])
+        if not self.wait_for_mode("CRITICAL"):
+            return
+        refused = self._submit_one("cpu", sleep, "critical-p1")
+        retry = f" (Retry-After {refused.retry_after} s)" if refused.retry_after else ""
+        self.data.notes.append(f"pressure: in CRITICAL a p1 submission got {refused.status}{retry}")
+        if refused.ok:
+            self.data.unit_ids.append(refused.body["id"])
+        admitted = self._submit_one("cpu", sleep, "critical-p0", priority="p0")
+        self.data.notes.append(f"pressure: in CRITICAL a p0 submission got {admitted.status}")
+        if admitted.ok:
+            self.data.unit_ids.append(admitted.body["id"])
+
+    def wait_for_mode(self, mode: str, timeout_s: float = 8.0) -> bool:
+        """Tail the log until the autoscaler switches the admission mode to ``mode``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            wait = max(0.0, min(1.0, deadline - time.monotonic()))
+            reply = self.api.call(
+                "GET",
+                "/v1/events",
+                as_admin=True,
+                params={
+                    "after": self._mode_after,
+                    "wait_s": wait,
+                    "type": "capacity.admission.mode.changed",
+                },
+            )
+            if not reply.ok:
+                self.data.notes.append(f"GET /v1/events while waiting: {reply.why()}")
+                return False
+            self._mode_after = reply.body["last_seq"]
+            if any(e["payload"].get("to") == mode for e in reply.body["events"]):
+                return True
+        self.data.notes.append(
+            f"pressure: the mode did not reach {mode} within {timeout_s:g} s "
+            "(is the autoscaler running?)"
+        )
+        return False
 
     def agent_args(self, node_id: str) -> list[str]:
         args = [
@@ -544,7 +613,12 @@ class Demo:
     def max_concurrency(self) -> int:
         """4 slots, or more when the burst would not fit in the polls otherwise (each poll
         claims at most the free slots; the last poll is the idle one that ends the agent)."""
-        units = self.opts.burst + (PRESSURE_UNITS_TOTAL if self.opts.pressure else 0)
+        units = self.opts.burst + (
+            PRESSURE_UNITS_TOTAL + PRESSURE_SECOND_WAVE + 2 if self.opts.pressure else 0
+        )
+        if self.opts.pressure:
+            # every poll that finds work counts: one poll should be able to take the backlog
+            return max(4, min(64, units))
         return max(4, min(64, math.ceil(units / max(1, self.opts.polls - 1))))
 
     def start_agents(self) -> list[Proc]:
@@ -567,33 +641,6 @@ class Demo:
                 return
             time.sleep(0.1)
         raise DemoError(f"agents {sorted(want)} did not register within 30 s")
-
-    def wait_for_pressure(self) -> None:
-        """Give the autoscaler a few ticks to react to the backlog before any node exists."""
-        seen: set[str] = set()
-        after = 0
-        deadline = time.monotonic() + 4.0
-        while time.monotonic() < deadline and not set(CAPACITY_EVENTS) <= seen:
-            wait = max(0.0, min(1.0, deadline - time.monotonic()))
-            reply = self.api.call(
-                "GET", "/v1/events", as_admin=True, params={"after": after, "wait_s": wait}
-            )
-            if not reply.ok:
-                self.data.notes.append(f"GET /v1/events while waiting: {reply.why()}")
-                return
-            after = reply.body["last_seq"]
-            seen |= {e["type"] for e in reply.body["events"] if e["type"] in CAPACITY_EVENTS}
-        if seen:
-            self.data.notes.append(
-                "pressure: the autoscaler reacted to the backlog before any agent started "
-                f"({', '.join(sorted(seen))}); the demo then starts the agent, as a local "
-                "actuator would"
-            )
-        else:
-            self.data.notes.append(
-                "pressure: no capacity event within 4 s of queueing "
-                f"{len(self.data.unit_ids)} units with no capacity (is the autoscaler running?)"
-            )
 
     def wait_agents(self, agents: Sequence[Proc]) -> None:
         budget = self.opts.polls * (self.opts.poll_wait + 2.0) + 20.0
@@ -726,7 +773,7 @@ class Demo:
             # Units first: the agent claims them on its first poll, so few polls suffice.
             self.submit()
             if opts.pressure:
-                self.wait_for_pressure()
+                self.ramp_pressure()
             agents = self.start_agents()
         self.wait_agents(agents)
         self.wait_terminal()

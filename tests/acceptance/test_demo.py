@@ -107,17 +107,18 @@ def test_simulated_pressure(tmp_path: Path) -> None:
     run = run_demo(
         ["--reset", "--simulate-pressure", "auto", "--burst", "3", "--polls", "6"], tmp_path
     )
-    # 3 burst units plus 3 pressure units queued before any capacity exists
-    assert_healthy_report(run, tmp_path, units=6)
-    assert ledger_lines(run.out) == 6
+    # 3 burst + 3 pressure units, then a second wave of 14, then one p0 admitted in CRITICAL
+    # (the p1 probe is refused with 429): 21 units, all run once the agent starts
+    assert_healthy_report(run, tmp_path, units=21)
+    assert ledger_lines(run.out) == 21
     section = run.out.split("Capacity", 1)[1].split("Replay check", 1)[0]
-    # honest either way: the autoscaler's events, or a plain statement that there were none
-    assert (
-        "no capacity changes" in section
-        or "capacity.admission.mode.changed" in section
-        or "capacity.scale.requested" in section
-    ), section
-    assert "now: mode " in section
+    for step in ("OPEN -> THROTTLED", "THROTTLED -> CRITICAL", "CRITICAL -> THROTTLED"):
+        assert step in section, section
+    assert "-> OPEN" in section, section
+    assert "capacity.scale.requested" in section
+    assert "in CRITICAL a p1 submission got 429" in run.out
+    assert "in CRITICAL a p0 submission got 201" in run.out
+    assert "now: mode OPEN" in section
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:

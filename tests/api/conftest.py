@@ -26,6 +26,9 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
         "heartbeat_interval_s": 5.0,
         "heartbeat_timeout_s": 30.0,
         "lease_reaper_interval_s": 0.2,
+        # the autoscaler's own tests set a short interval; elsewhere its scale requests
+        # would race the "appends nothing" checks
+        "autoscaler_interval_s": 3600.0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
