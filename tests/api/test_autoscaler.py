@@ -163,8 +163,11 @@ def test_pressure_ramp_climbs_the_ladder_and_comes_back(make_api: Callable[..., 
 
     # the backlog also asked for nodes: an event with its inputs, and desired_nodes shows it
     scale = api.events(SCALE_REQUESTED)
-    assert scale and scale[0]["payload"]["from"] == 0 and scale[0]["payload"]["to"] >= 2
-    assert scale[0]["payload"]["inputs"]["recommended_nodes"] == scale[0]["payload"]["to"]
+    # (a tick may land mid-burst and ask for 1 first: the ask grows with the backlog)
+    assert scale and scale[0]["payload"]["from"] == 0
+    assert max(e["payload"]["to"] for e in scale) >= 2
+    for e in scale:
+        assert e["payload"]["inputs"]["recommended_nodes"] == e["payload"]["to"]
     assert capacity(api)["desired_nodes"] == scale[-1]["payload"]["to"]
 
     drain(api, "n1", node, expected=21)
