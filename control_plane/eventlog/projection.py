@@ -20,6 +20,8 @@ from shared.events import Event
 
 Handler = Callable[[UnitOfWork, Sequence[Event]], None]
 
+WINDOW_BATCHES = 10
+
 
 @dataclass(frozen=True)
 class Projection:
@@ -39,12 +41,15 @@ def fold_in(uow: UnitOfWork, projection: Projection, batch: int = 1000) -> tuple
     head = last_seq(uow.conn)  # writers are serialized: nothing below head can still appear
     if head <= after:
         return 0, False
-    events = read_after(uow.conn, after, batch, types=types)
+    # A bounded window keeps a typed read an index range scan however far the log runs
+    # ahead (without it, "type IN (...) ORDER BY seq LIMIT n" may sort the whole tail).
+    window_end = min(head, after + WINDOW_BATCHES * batch)
+    events = read_after(uow.conn, after, batch, types=types, before=window_end + 1)
     if events:
         projection.handle(uow, events)
-    full = len(events) == batch
-    set_checkpoint(uow, projection.name, events[-1].seq if full else head)
-    return len(events), full
+    upto = events[-1].seq if len(events) == batch else window_end
+    set_checkpoint(uow, projection.name, upto)
+    return len(events), upto < head
 
 
 def run_once(db: Database, projection: Projection, batch: int = 1000) -> int:
