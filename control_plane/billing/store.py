@@ -266,20 +266,7 @@ def catch_up_in(uow: UnitOfWork) -> None:
 
 
 def _entry(row: Any) -> LedgerEntry:
-    return LedgerEntry(
-        entry_id=row.entry_id,
-        source_event_id=row.source_event_id,
-        source_seq=int(row.source_seq),
-        line_item_type=LineItemType(row.line_item_type),
-        tenant_id=row.tenant_id,
-        work_unit_id=row.work_unit_id,
-        execution_session_id=row.execution_session_id,
-        quantity=row.quantity,
-        unit=row.unit,
-        pricing=orjson.loads(row.pricing),
-        amount_usd=from_micros(row.amount_micros),
-        recorded_at=us_to_dt(row.recorded_at_us),
-    )
+    return _line(row).to_entry()
 
 
 def ledger_page(
