@@ -216,7 +216,9 @@ class write_transaction:
             if b.batch is None:
                 b.batch = _open_batch(self.db)
             self.batch = b.batch
-            self.sp = self.batch.conn.begin_nested()
+            # The first command of a batch needs no savepoint: if it fails, the whole
+            # (otherwise empty) transaction is rolled back. Later ones each get one.
+            self.sp = self.batch.conn.begin_nested() if self.batch.members else None
         except BaseException:
             self._commit_batch()  # whatever earlier members did still commits
             raise
@@ -244,7 +246,8 @@ class write_transaction:
         own_error: BaseException | None = None
         if exc is None:
             try:
-                self.sp.commit()
+                if self.sp is not None:
+                    self.sp.commit()
                 batch.members += 1
                 batch.wakeups |= uow.wakeups
                 for key, fn in uow.deferred.items():
@@ -256,8 +259,9 @@ class write_transaction:
             self._rollback_savepoint()
         with b.count_lock:
             others = b.waiting
-        if others == 0 or batch.members >= MAX_BATCH:
-            self._commit_batch()
+        failed_first = self.sp is None and (exc is not None or own_error is not None)
+        if failed_first or others == 0 or batch.members >= MAX_BATCH:
+            self._commit_batch()  # a failed first command: members == 0, so a rollback
         else:
             b.mutex.release()
             if exc is None and own_error is None:
@@ -271,6 +275,8 @@ class write_transaction:
         return False
 
     def _rollback_savepoint(self) -> None:
+        if self.sp is None:
+            return  # the first command: the batch rolls back as a whole
         try:
             self.sp.rollback()
         except Exception:

@@ -216,3 +216,38 @@ def test_property_idempotent_append_and_ordered_reads(
         for k, e in enumerate(got):
             rest = [x for x in read_after(conn, e.seq, 100_000) if x.event_id.startswith(prefix)]
             assert [x.event_id for x in rest] == expected[k + 1 :]
+
+
+def test_group_commit_keeps_each_commands_outcome_its_own(db: Database) -> None:
+    """Commands that share a batch: the ones that raise leave nothing, the others commit, and
+    every successful command has committed by the time its block returns."""
+    ok_ids: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def command(i: int) -> None:
+        try:
+            with write_transaction(db) as uow:
+                append(uow, [node_event(f"g{i}")])
+                time.sleep(random.random() * 0.002)
+                if i % 3 == 0:
+                    raise RuntimeError("this command fails")
+            with read_connection(db) as conn:  # durable and visible once the block returns
+                assert [e.event_id for e in read_after(conn, 0, 100_000) if e.event_id == f"g{i}"]
+            with lock:
+                ok_ids.append(f"g{i}")
+        except RuntimeError:
+            pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=command, args=(i,)) for i in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with read_connection(db) as conn:
+        stored = sorted(e.event_id for e in read_after(conn, 0, 100_000))
+    assert stored == sorted(ok_ids)
+    assert len(ok_ids) == 40
