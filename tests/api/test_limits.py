@@ -41,7 +41,7 @@ def test_max_running_caps_a_tenant_not_the_others(api: Api) -> None:
 
 def test_rate_limit_answers_429_with_retry_after_and_appends_nothing(api: Api) -> None:
     tenant_id, th = api.tenant()
-    assert _limits(api, tenant_id, submit_rate_per_s=1, submit_burst=3) == 204
+    assert _limits(api, tenant_id, submit_rate_per_s=0.5, submit_burst=3) == 204
     for _ in range(3):
         api.submit(th)
     before = len(api.events())
