@@ -119,7 +119,9 @@ async def poll(
     disconnect = asyncio.ensure_future(_disconnected(request))
     try:
         while True:
-            with notifier.subscribe(f"node:{node_id}", "queue") as fut:
+            # only this node's offers wake it: a submission anywhere must not wake every
+            # idle agent (placement, the sweep and completions put work on a node)
+            with notifier.subscribe(f"node:{node_id}") as fut:
                 assignments, granted = await run_in_threadpool(
                     claims.poll_once,
                     db,
