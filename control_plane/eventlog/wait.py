@@ -104,8 +104,8 @@ class PgListener:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute("LISTEN krako")
-                    # A reconnect may have missed notifications: wake everything once.
-                    self._notifier.publish({"events", "queue"})
+                    # A reconnect may have missed notifications: wake every waiter once.
+                    self._notifier.publish({"*"})
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
                             self._notifier.publish(set(note.payload.split()))

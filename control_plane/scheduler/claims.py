@@ -20,7 +20,14 @@ from sqlalchemy import Row, and_, bindparam, delete, func, select, update
 
 from control_plane.billing.stamps import bill_llm_from_completion, cpu_pricing, token_pricing
 from control_plane.db.engine import Database
-from control_plane.db.tables import claims, llm_invocations, nodes, offers, work_units
+from control_plane.db.tables import (
+    claims,
+    llm_invocations,
+    nodes,
+    offers,
+    queue_depth,
+    work_units,
+)
 from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.errors import (
     Conflict,
@@ -257,6 +264,9 @@ def offered_units(db_conn: Any, node_id: str, limit: int) -> list[Row[Any]]:
     )
 
 
+_ANY_QUEUED = select(queue_depth.c.queued).where(queue_depth.c.queued > 0).limit(1)
+
+
 def poll_once(
     db: Database,
     ctx: SchedulerContext,
@@ -266,11 +276,14 @@ def poll_once(
     lease_s: float,
     schedule: bool,
 ) -> tuple[list[WorkUnit], list[ClaimReply]]:
-    """One look at the node's offers; with ``do_claim`` claims them in the same transaction."""
-    if not do_claim and not schedule:
-        with db.engine.connect() as conn:
-            rows = offered_units(conn, node_id, max_units)
+    """One look at the node's offers; with ``do_claim`` claims them in the same transaction.
+    An idle look (no offer for the node, nothing queued) only reads: no write lock."""
+    with db.engine.connect() as conn:
+        rows = offered_units(conn, node_id, max_units)
+        if not do_claim and not schedule:
             return [to_work_unit(r) for r in rows], []
+        if not rows and not (schedule and conn.execute(_ANY_QUEUED).first() is not None):
+            return [], []
     with write_transaction(db) as uow:
         if schedule:
             schedule_pending(uow, ctx)

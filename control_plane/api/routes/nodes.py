@@ -45,9 +45,10 @@ from shared.wire import (
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 
 
-# Without a wake-up (another process on SQLite, a lost NOTIFY) a waiting poll re-checks this
-# often; wake-ups make it return at once.
-POLL_RECHECK_S = 5.0
+# Wake-ups make a waiting poll return at once (in-process, and LISTEN/NOTIFY across replicas,
+# which wakes every waiter after a reconnect). This re-check is only a backstop; an idle
+# re-check only reads.
+POLL_RECHECK_S = 10.0
 
 
 @router.post(
