@@ -30,6 +30,7 @@ from control_plane.eventlog.store import append
 from control_plane.ids import new_id
 from control_plane.scheduler.admission import (
     TokenBucket,
+    retry_after_header,
     retry_after_s,
     submission_allowed,
     take,
@@ -330,7 +331,7 @@ def _rate_limit(
                 error=TooManyRequests(
                     f"tenant {tenant_id} exceeded its submission rate of {rate:g}/s",
                     code="rate_limited",
-                    retry_after_s=max(1, int(refused[acc.id] + 0.999)),
+                    retry_after_s=retry_after_header(refused[acc.id]),
                 ),
             )
     return allowed
