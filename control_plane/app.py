@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from control_plane.api import errors
-from control_plane.api.body_limit import BodyLimitMiddleware
+from control_plane.api.body_limit import BodyLimitMiddleware, RequireBearerMiddleware
 from control_plane.api.deps import AuthCache
 from control_plane.api.routes import billing, capacity, events, nodes, ops, tenants, workunits
 from control_plane.autoscaling.service import AutoscalerService, create_service
@@ -138,6 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
     path = settings.ledger_jsonl_path
     app.state.ledger_sink = LedgerSink(path) if path is not None else None
     errors.install(app)
+    app.add_middleware(RequireBearerMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     for module in (tenants, workunits, nodes, events, billing, capacity, ops):
         app.include_router(module.router)

@@ -70,3 +70,33 @@ class BodyLimitMiddleware:
             f"request body exceeds the limit of {self.max_bytes} bytes",
         )
         await response(scope, receive, send)
+
+
+class RequireBearerMiddleware:
+    """Every ``/v1`` route needs ``Authorization: Bearer <token>``: refuse a request without
+    one with 401 before its body is parsed, so a malformed body with no token is a 401 (who
+    you are comes before what you sent). Which token, and its role, the routes decide."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith("/v1/"):
+            header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+            scheme, _, token = header.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                detail = (
+                    "missing Authorization: Bearer <token>"
+                    if not header
+                    else "Authorization must be 'Bearer <token>'"
+                )
+                response = problem_response(
+                    401,
+                    "unauthorized",
+                    "Unauthorized",
+                    detail,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
