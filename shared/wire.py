@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shared.enums import (
     CapacityMode,
@@ -19,6 +19,16 @@ from shared.events import Event
 from shared.money import Money, Rate
 
 T = TypeVar("T")
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+"""A string the database stores the same way on every backend (no NUL characters)."""
 
 MAX_WAIT_S = 30.0
 
@@ -68,7 +78,7 @@ class Problem(Wire):
 class TenantCreate(StrictWire):
     """Create a tenant."""
 
-    name: str = Field(min_length=1, max_length=200, examples=["acme"])
+    name: Text = Field(min_length=1, max_length=200, examples=["acme"])
 
 
 class TenantCreated(Wire):
@@ -326,9 +336,9 @@ class NodeRegister(StrictWire):
         default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$"
     )
     supported_kinds: list[WorkUnitKind] = Field(min_length=1)
-    region: str | None = Field(default=None, max_length=100)
+    region: Text | None = Field(default=None, max_length=100)
     max_concurrency: int = Field(ge=1, le=10_000)
-    labels: dict[str, str] | None = None
+    labels: dict[Text, Text] | None = None
 
     model_config = ConfigDict(
         extra="forbid",
