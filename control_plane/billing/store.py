@@ -382,15 +382,18 @@ def spent_micros(conn: Connection, tenant_id: str) -> int:
     return to_micros(w.total_usd)
 
 
-def events_upto(conn: Connection, upto: int) -> Iterable[Event]:
-    """Every event with seq <= upto, streamed in batches (replay reads only the log)."""
+def events_upto(
+    conn: Connection, upto: int, types: frozenset[str] | None = None
+) -> Iterable[Event]:
+    """Events with seq <= upto (of ``types`` only, when given), streamed in bounded seq
+    windows so that a typed read stays an index range scan (replay reads only the log)."""
+    window = 10_000
+    wanted = sorted(types) if types is not None else None
     after = 0
-    while True:
-        batch = read_after(conn, after, 5000, before=upto + 1)
-        if not batch:
-            return
-        yield from batch
-        after = batch[-1].seq
+    while after < upto:
+        end = min(upto, after + window)
+        yield from read_after(conn, after, window + 1, types=wanted, before=end + 1)
+        after = end
 
 
 def checkpoint(conn: Connection) -> int:
