@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from control_plane.errors import KrakoError
+from shared.wire import Problem
 
 log = logging.getLogger("krako.api")
 
@@ -61,6 +62,11 @@ def problem_response(
 
 def error_problem(exc: KrakoError) -> dict[str, Any]:
     return problem_body(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+
+
+def problem_model(exc: KrakoError) -> Problem:
+    """The error as the Problem model, for per-item results of batch routes."""
+    return Problem.model_validate(error_problem(exc))
 
 
 def krako_error_response(exc: KrakoError) -> Response:
@@ -128,8 +134,6 @@ def install(app: FastAPI) -> None:
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries documenting problem+json replies for ``statuses``."""
-    from shared.wire import Problem
-
     return {
         s: {"model": Problem, "description": _HTTP_CODES.get(s, ("", "Problem"))[1] or "Problem"}
         for s in statuses

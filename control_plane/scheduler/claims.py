@@ -39,7 +39,12 @@ from control_plane.errors import (
     stale_claim,
 )
 from control_plane.eventlog.store import append, us_to_dt
-from control_plane.scheduler.placer import SchedulerContext, defer_placement, schedule_pending
+from control_plane.scheduler.placer import (
+    ADD_RUNNING,
+    SchedulerContext,
+    defer_placement,
+    schedule_pending,
+)
 from control_plane.scheduler.queue import adjust_depth, queue_key
 from control_plane.scheduler.rows import (
     WORK_UNIT_COLUMNS,
@@ -99,11 +104,6 @@ _SET_CLAIMED = (
         updated_at_us=bindparam("b_now"),
     )
 )
-_ADD_RUNNING = (
-    update(nodes)
-    .where(nodes.c.node_id == bindparam("b_node"))
-    .values(running=nodes.c.running + bindparam("b_n"))
-)
 
 
 def _grant(uow: UnitOfWork, row: Row[Any], node_id: str, lease_s: float) -> ClaimReply:
@@ -157,7 +157,7 @@ def _grant_many(
             moved[row.node_id] = moved.get(row.node_id, 0) - 1
             moved[node_id] = moved.get(node_id, 0) + 1
     if moved:
-        conn.execute(_ADD_RUNNING, [{"b_node": n, "b_n": d} for n, d in sorted(moved.items()) if d])
+        conn.execute(ADD_RUNNING, [{"b_node": n, "b_n": d} for n, d in sorted(moved.items()) if d])
         uow.wake(*(f"node:{n}" for n in moved))
     expires = us_to_dt(lease_us)
     append(

@@ -239,7 +239,7 @@ _SET_TURN = (
     .where(tenants.c.tenant_id == bindparam("b_tenant"))
     .values(last_placed_seq=bindparam("b_seq"))
 )
-_ADD_RUNNING = (
+ADD_RUNNING = (
     update(nodes)
     .where(nodes.c.node_id == bindparam("b_node"))
     .values(running=nodes.c.running + bindparam("b_n"))
@@ -266,7 +266,7 @@ def _write_placements(
         ],
     )
     per_node = Counter(p.node_id for p in placements)
-    conn.execute(_ADD_RUNNING, [{"b_node": n, "b_n": c} for n, c in sorted(per_node.items())])
+    conn.execute(ADD_RUNNING, [{"b_node": n, "b_n": c} for n, c in sorted(per_node.items())])
     adjust_depth(
         uow,
         (

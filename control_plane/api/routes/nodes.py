@@ -21,7 +21,7 @@ from control_plane.api.deps import (
     SettingsDep,
     node_path_guard,
 )
-from control_plane.api.errors import error_problem, responses
+from control_plane.api.errors import problem_model, responses
 from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.errors import KrakoError
 from control_plane.scheduler import claims, nodes, queries
@@ -35,7 +35,6 @@ from shared.wire import (
     Page,
     PollReply,
     PollRequest,
-    Problem,
     ReportResult,
     ReportsReply,
     ReportsRequest,
@@ -181,7 +180,7 @@ def _results(items: list[tuple[WorkUnit | None, KrakoError | None]]) -> list[Rep
     return [
         ReportResult(status=200, work_unit=unit)
         if error is None
-        else ReportResult(status=error.status, error=Problem.model_validate(error_problem(error)))
+        else ReportResult(status=error.status, error=problem_model(error))
         for unit, error in items
     ]
 

@@ -18,7 +18,7 @@ from control_plane.api.deps import (
     TenantOrAdmin,
     TenantP,
 )
-from control_plane.api.errors import error_problem, responses
+from control_plane.api.errors import problem_model, responses
 from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.billing.budget import budget_hook, record_refusal
 from control_plane.errors import BadRequest, KrakoError
@@ -37,7 +37,6 @@ from shared.wire import (
     LlmInvocationAccepted,
     LlmInvocationReport,
     Page,
-    Problem,
     WorkUnit,
     WorkUnitEvents,
     WorkUnitSubmit,
@@ -112,7 +111,7 @@ async def submit_batch(body: BatchSubmit, p: TenantP, db: DbDep, ctx: CtxDep) ->
         results=[
             BatchResult(status=o.status, work_unit=o.unit)
             if o.error is None
-            else BatchResult(status=o.status, error=Problem.model_validate(error_problem(o.error)))
+            else BatchResult(status=o.status, error=problem_model(o.error))
             for o in outcomes
         ]
     )
