@@ -17,9 +17,10 @@ A tick, on every replica, every ``KRAKO_AUTOSCALER_INTERVAL_S``::
     # committed: only now does the actuator act (log, local agents, webhook)
 
 Exactly one replica acts at a time: the lease is taken inside the serialized write
-transaction, judged by the transaction's clock, and expires ``3 x interval`` after the last
-renewal, so a leader that dies hands over within that time (one that stops cleanly releases
-it at once).
+transaction, judged by the transaction's clock, and expires ``3 x interval`` (at least 2 s)
+after the last renewal, so a leader that dies hands over within that time (one that stops
+cleanly releases it at once). The floor keeps a leader that a busy machine stalls for a
+moment from losing the lease to a replica that would decide the same thing.
 
 This module wires the pure controller to the scheduler's capacity commands, so it sits above
 ``scheduler`` (``controller.py`` stays pure and below it).
@@ -75,6 +76,7 @@ __all__ = [
 
 LEASE_NAME = "autoscaler"
 LEASE_INTERVALS = 3  # the lease outlives this many missed ticks
+MIN_LEASE_TTL_S = 2.0  # ... and never less than this: a short stall is not a handover
 _MAX_AGE_QUERIES = 200  # past this many non-empty queues, one aggregate query instead
 
 log = logging.getLogger("krako.autoscaler")
@@ -398,7 +400,7 @@ class AutoscalerService:
         self.params = params
         self.actuator = actuator
         self.interval_s = interval_s
-        self.lease_ttl_s = LEASE_INTERVALS * interval_s
+        self.lease_ttl_s = max(LEASE_INTERVALS * interval_s, MIN_LEASE_TTL_S)
         self.holder = holder or _holder_id()
         self.is_leader = False
         self._lock = threading.Lock()  # a tick and close never overlap
