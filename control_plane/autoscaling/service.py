@@ -251,7 +251,7 @@ def run_tick(
     db: Database, params: ControllerParams, holder: str, lease_ttl_s: float
 ) -> TickOutcome:
     """One autoscaler tick as ``holder``: one write transaction (see the module docstring)."""
-    with write_transaction(db) as uow:
+    with write_transaction(db, settled=True) as uow:
         if not leader.acquire(uow, LEASE_NAME, holder, lease_ttl_s):
             return TickOutcome(leader=False, now_us=uow.now_us)
         return _lead(uow, params, holder)

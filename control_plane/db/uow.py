@@ -156,20 +156,26 @@ def _open_batch(db: Database) -> _Batch:
     return _Batch(conn, outer, local_now_us())
 
 
+def _run_deferred(db: Database, batch: _Batch) -> None:
+    """Run (and forget) the deferred steps the batch's members asked for so far."""
+    steps, batch.deferred = batch.deferred, {}
+    for key, fn in steps.items():
+        uow = UnitOfWork(batch.conn, batch.now_us, db.is_postgres)
+        sp = batch.conn.begin_nested()
+        try:
+            fn(uow)
+            sp.commit()
+            batch.wakeups |= uow.wakeups
+        except Exception:
+            sp.rollback()
+            log.exception("deferred step %s failed; the batch commits without it", key)
+
+
 def _finish_batch(db: Database, batch: _Batch) -> None:
     """Run the deferred steps, commit (or roll back an empty batch) and close."""
     try:
         if batch.members:
-            for key, fn in list(batch.deferred.items()):
-                uow = UnitOfWork(batch.conn, batch.now_us, db.is_postgres)
-                sp = batch.conn.begin_nested()
-                try:
-                    fn(uow)
-                    sp.commit()
-                    batch.wakeups |= uow.wakeups
-                except Exception:
-                    sp.rollback()
-                    log.exception("deferred step %s failed; the batch commits without it", key)
+            _run_deferred(db, batch)
             if db.is_postgres and batch.wakeups:
                 # Delivered to listeners only when (and if) the transaction commits.
                 topics = " ".join(sorted(batch.wakeups))
@@ -196,10 +202,15 @@ class write_transaction:
     ``with write_transaction(db) as uow: ...`` — on leaving the block the command's work is
     committed and durable (possibly together with other commands: group commit), or, if the
     block raised, undone while the others' work stands.
+
+    ``settled=True``: the command must see the state the earlier members of its batch would
+    have committed, deferred steps included (the autoscaler reading slots must not see a
+    completion whose follow-up placement has not run yet), so those steps run first.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, settled: bool = False) -> None:
         self.db = db
+        self.settled = settled
         self.b = _batcher(db)
         self.batch: _Batch | None = None
         self.sp: Any = None
@@ -216,6 +227,8 @@ class write_transaction:
             if b.batch is None:
                 b.batch = _open_batch(self.db)
             self.batch = b.batch
+            if self.settled and self.batch.deferred:
+                _run_deferred(self.db, self.batch)
             # The first command of a batch needs no savepoint: if it fails, the whole
             # (otherwise empty) transaction is rolled back. Later ones each get one.
             self.sp = self.batch.conn.begin_nested() if self.batch.members else None

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from control_plane.db.engine import Database
-from control_plane.db.uow import read_connection, write_transaction
+from control_plane.db.uow import UnitOfWork, read_connection, write_transaction
 from control_plane.eventlog import append, append_idempotent, last_seq, read_after, read_stream
 from control_plane.eventlog.checkpoints import get_checkpoint, set_checkpoint
 from control_plane.eventlog.projection import Projection, run_until_caught_up
@@ -251,3 +251,30 @@ def test_group_commit_keeps_each_commands_outcome_its_own(db: Database) -> None:
         stored = sorted(e.event_id for e in read_after(conn, 0, 100_000))
     assert stored == sorted(ok_ids)
     assert len(ok_ids) == 40
+
+
+def test_a_settled_command_sees_the_deferred_steps_of_its_batch(db: Database) -> None:
+    """A command opened with ``settled=True`` in the middle of a batch sees what the earlier
+    members' deferred steps do (they run before it), and those steps still run only once."""
+    ran: list[str] = []
+    seen: list[list[str]] = []
+
+    def deferred(uow: UnitOfWork) -> None:
+        ran.append("step")
+        append(uow, [node_event("from-deferred-step")])
+
+    def settled_reader() -> None:
+        with write_transaction(db, settled=True) as uow:
+            seen.append([e.event_id for e in read_after(uow.conn, 0, 100)])
+
+    reader = threading.Thread(target=settled_reader)
+    with write_transaction(db) as uow:
+        append(uow, [node_event("first")])
+        uow.defer("step", deferred)
+        reader.start()
+        time.sleep(0.3)  # the reader queues behind this command: same batch
+    reader.join()
+    assert seen == [["first", "from-deferred-step"]]
+    assert ran == ["step"]
+    with read_connection(db) as conn:
+        assert [e.event_id for e in read_after(conn, 0, 100)] == ["first", "from-deferred-step"]
