@@ -24,7 +24,9 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -71,6 +73,30 @@ def baseline(requests: int) -> float:
     finally:
         proc.terminate()
         proc.wait()
+
+
+def round_trip_phases(
+    sent: float, answered: float, events: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Where one round trip's time went, from the unit's events (``recorded_at`` is the clock
+    of the transaction that wrote each; client and control plane share this machine's clock).
+    Phases ending at an event end when that event's transaction began, not when it committed.
+    """
+    at = {
+        e["type"]: datetime.fromisoformat(e["recorded_at"]).timestamp()
+        for e in events
+        if e["type"] in ("workunit.submitted", "workunit.claimed", "workunit.completed")
+    }
+    if len(at) < 3:
+        return {}
+    submitted, claimed = at["workunit.submitted"], at["workunit.claimed"]
+    completed = at["workunit.completed"]
+    return {
+        "request -> submit tx": (submitted - sent) * 1000,
+        "submit tx -> claim tx": (claimed - submitted) * 1000,
+        "claim tx -> complete tx": (completed - claimed) * 1000,
+        "complete tx -> reply": (answered - completed) * 1000,
+    }
 
 
 def run(name: str, db_url: str, data_dir: Path, args: argparse.Namespace) -> None:
@@ -157,15 +183,20 @@ def run(name: str, db_url: str, data_dir: Path, args: argparse.Namespace) -> Non
                     raise RuntimeError(f"drain timed out after {done} units")
             drain_rate = args.units / (time.perf_counter() - t0)
 
-            rtts = []
+            rtts: list[float] = []
+            phases: dict[str, list[float]] = {}
             for _ in range(args.roundtrips):
-                t1 = time.perf_counter()
+                t1, wall1 = time.perf_counter(), time.time()
                 u = c.post("/v1/workunits", json=unit, headers=tenant).json()
                 got = c.get(
                     f"/v1/workunits/{u['id']}", params={"wait_s": 10}, headers=tenant
                 ).json()
+                wall2 = time.time()
                 assert got["status"] == "completed", got
                 rtts.append((time.perf_counter() - t1) * 1000)
+                trail = c.get(f"/v1/workunits/{u['id']}/events", headers=tenant).json()
+                for name, ms in round_trip_phases(wall1, wall2, trail["events"]).items():
+                    phases.setdefault(name, []).append(ms)
             replay = c.post("/v1/billing/replay", headers=admin).json()
         print(
             f"\n== {name}: {args.units} no-op units, "
@@ -177,6 +208,8 @@ def run(name: str, db_url: str, data_dir: Path, args: argparse.Namespace) -> Non
             f"round trip:              p50 {statistics.median(rtts):.1f} ms, "
             f"p95 {statistics.quantiles(rtts, n=20)[18]:.1f} ms over {len(rtts)}"
         )
+        for name, values in phases.items():
+            print(f"  {name:<22} p50 {statistics.median(values):.2f} ms")
         print(
             f"replay:                  {'identical' if replay['identical'] else 'DIFFERENT'} "
             f"({replay['ledger_entries']} ledger lines)"

@@ -14,7 +14,9 @@ retried with exponential backoff and jitter while it is unreachable or answers 5
 re-registers with the join token (same node id, fresh token) and tries again; a 409
 ``stale_claim`` drops the report. Nothing the control plane does crashes the agent.
 
-Stopping: ``request_stop`` (SIGTERM/SIGINT) stops polling; running units get
+Stopping: ``request_stop`` (SIGTERM/SIGINT) stops polling (a poll in flight gets
+``STOP_POLL_GRACE_S`` to come back, so that claims the control plane granted in that instant
+are run rather than lost until their lease expires); running units get
 ``shutdown_grace_s`` to finish, then are failed as retryable; reports get ``report_grace_s``
 more; then the agent exits. A second signal skips the waiting. ``--polls N`` stops polling
 after N polls and exits once what it holds is finished.
@@ -68,6 +70,7 @@ T = TypeVar("T")
 WARNING = logging.WARNING
 MIN_HEARTBEAT_INTERVAL_S = 0.01
 REREGISTER_QUIET_S = 5.0  # a 401 sooner than this after registering backs off first
+STOP_POLL_GRACE_S = 0.5  # how long a stop waits for the poll in flight before dropping it
 
 # Why a unit's execution was cut short.
 REVOKED = "revoked"
@@ -144,6 +147,7 @@ class Agent:
         self._changed = asyncio.Event()  # a slot was freed
         self._idle = asyncio.Event()  # nothing held
         self._idle.set()
+        self._polling_done = asyncio.Event()  # the poll loop has returned
         self._registration = 0  # bumped by every successful (re-)registration
         self._register_lock = asyncio.Lock()
         self._registered_at = float("-inf")
@@ -357,6 +361,12 @@ class Agent:
     # ------------------------------------------------------------------ poll loop
 
     async def _poll_loop(self) -> None:
+        try:
+            await self._polls()
+        finally:
+            self._polling_done.set()
+
+    async def _polls(self) -> None:
         backoff = self._backoff()
         limit = self.settings.polls
         while not self._stop.is_set():
@@ -390,8 +400,12 @@ class Agent:
         await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         if not poll.done():
-            # Stop requested mid-poll. A claim granted in this instant is lost to us and comes
-            # back when its lease runs out (the log stays right; the unit just waits longer).
+            # Stop requested mid-poll: the control plane may be granting claims this instant
+            # (their reply on its way), so give the poll a moment. Past that, close it: the
+            # control plane then grants nothing more, and a claim granted in the very last
+            # instant comes back when its lease runs out (the unit just waits longer).
+            await asyncio.wait({poll}, timeout=STOP_POLL_GRACE_S)
+        if not poll.done():
             poll.cancel()
             await asyncio.gather(poll, return_exceptions=True)
             return
@@ -767,7 +781,11 @@ class Agent:
         """After a stop request: grace for running units, then for reports, then give up."""
         await self._signalled.wait()
         grace = self.settings.shutdown_grace_s
-        if await _wait_for(self._idle, grace):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # the poll in flight may still bring claims: they run under the same grace
+        await _wait_for(self._polling_done, grace)
+        if await _wait_for(self._idle, max(0.0, deadline - loop.time())):
             return
         aborted = [h.unit.id for h in self._held.values() if h.executing]
         for held in list(self._held.values()):

@@ -75,6 +75,7 @@ class FakeControlPlane:
     lease_s: float = 5.0
     offer_only: bool = False  # answer polls with assignments even when asked to claim
     overdeliver: int = 0  # hand out this many more units than a poll asked for (a bug)
+    poll_reply_delay_s: float = 0.0  # claims are granted, then the reply takes this long
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     registrations: list[dict[str, Any]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
@@ -280,9 +281,11 @@ class FakeControlPlane:
         want = body["max_units"] + self.overdeliver
         taken = [self.pending.popleft() for _ in range(min(want, len(self.pending)))]
         if body.get("claim") and not self.offer_only:
-            return httpx.Response(
-                200, json={"assignments": [], "claims": [self._grant(node_id, u) for u in taken]}
-            )
+            granted = [self._grant(node_id, u) for u in taken]
+            if granted and self.poll_reply_delay_s:
+                self._changed.set()
+                await asyncio.sleep(self.poll_reply_delay_s)
+            return httpx.Response(200, json={"assignments": [], "claims": granted})
         for unit in taken:
             self.offered[unit["id"]] = unit
         return httpx.Response(200, json={"assignments": taken, "claims": []})

@@ -552,6 +552,37 @@ def test_stop_lets_running_units_finish_within_the_grace_period(make_settings: S
     assert fake.completions["wu_slow"][0]["result"] == {"slept_ms": 300}
 
 
+def test_a_claim_granted_as_the_stop_arrives_is_run_not_lost(make_settings: Settings) -> None:
+    # The control plane grants the claim, then its reply is still on the way when SIGTERM
+    # lands: the agent waits a moment for the poll in flight and runs what it brings.
+    fake = FakeControlPlane(poll_reply_delay_s=0.2)
+    settings = make_settings(shutdown_grace_s=5.0)
+
+    async def scenario() -> int:
+        async with running(settings, fake) as (agent, task):
+            await fake.wait_until(lambda: bool(fake.polls))
+            fake.submit("wu_late", payload={"handler": "sleep", "args": {"ms": 50}})
+            await fake.wait_until(lambda: "wu_late" in fake.claims)
+            return await stop(agent, task)
+
+    assert asyncio.run(scenario()) == 0
+    assert [c["result"] for c in fake.completions["wu_late"]] == [{"slept_ms": 50}]
+
+
+def test_a_stop_drops_an_idle_poll_quickly(make_settings: Settings) -> None:
+    fake = FakeControlPlane()
+    settings = make_settings(poll_wait_s=20.0)
+
+    async def scenario() -> float:
+        async with running(settings, fake) as (agent, task):
+            await fake.wait_until(lambda: bool(fake.polls))
+            started = time.monotonic()
+            assert await stop(agent, task) == 0
+            return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 2.0
+
+
 def test_units_past_the_grace_period_are_failed_as_retryable(
     make_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
