@@ -195,8 +195,8 @@ def run(name: str, db_url: str, data_dir: Path, args: argparse.Namespace) -> Non
                 assert got["status"] == "completed", got
                 rtts.append((time.perf_counter() - t1) * 1000)
                 trail = c.get(f"/v1/workunits/{u['id']}/events", headers=tenant).json()
-                for name, ms in round_trip_phases(wall1, wall2, trail["events"]).items():
-                    phases.setdefault(name, []).append(ms)
+                for phase, ms in round_trip_phases(wall1, wall2, trail["events"]).items():
+                    phases.setdefault(phase, []).append(ms)
             replay = c.post("/v1/billing/replay", headers=admin).json()
         print(
             f"\n== {name}: {args.units} no-op units, "
@@ -208,8 +208,8 @@ def run(name: str, db_url: str, data_dir: Path, args: argparse.Namespace) -> Non
             f"round trip:              p50 {statistics.median(rtts):.1f} ms, "
             f"p95 {statistics.quantiles(rtts, n=20)[18]:.1f} ms over {len(rtts)}"
         )
-        for name, values in phases.items():
-            print(f"  {name:<22} p50 {statistics.median(values):.2f} ms")
+        for phase, values in phases.items():
+            print(f"  {phase:<24} p50 {statistics.median(values):.2f} ms")
         print(
             f"replay:                  {'identical' if replay['identical'] else 'DIFFERENT'} "
             f"({replay['ledger_entries']} ledger lines)"
