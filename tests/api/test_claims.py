@@ -147,7 +147,7 @@ def test_lease_expiry_requeues_then_fails_after_max_attempts(
 
 
 def test_heartbeat_renews_and_revokes(make_api: Callable[..., Api]) -> None:
-    api = make_api(lease_s=0.6, lease_reaper_interval_s=0.1)
+    api = make_api(lease_s=1.0, lease_reaper_interval_s=0.1)
     _, tenant = api.tenant()
     node = api.node("node-a")
     keep = api.submit(tenant)
@@ -177,8 +177,8 @@ def test_heartbeat_renews_and_revokes(make_api: Callable[..., Api]) -> None:
     )
     assert_problem(r, 409, "stale_claim")
 
-    # heartbeats every 0.2 s keep the 0.6 s lease alive for well over a lease
-    end = time.monotonic() + 1.2
+    # heartbeats every 0.2 s keep the 1 s lease alive for well over a lease
+    end = time.monotonic() + 2.0
     while time.monotonic() < end:
         r = api.client.post(
             "/v1/nodes/node-a/heartbeat", json={"running": [keep["id"]]}, headers=node
