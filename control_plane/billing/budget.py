@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from control_plane.billing.budgets import budget_check, estimate_unit_cost
 from control_plane.billing.stamps import load_table
@@ -27,14 +27,20 @@ from shared.events import BillingBudgetRefused, BillingBudgetSet, EventType, New
 from shared.money import format_usd, from_micros, to_micros
 from shared.wire import BudgetReply
 
+_BUDGET_ROW = select(tenants.c.budget_micros, tenants.c.committed_micros).where(
+    tenants.c.tenant_id == bindparam("b_tenant")
+)
+_COMMITTED = select(tenants.c.committed_micros).where(tenants.c.tenant_id == bindparam("b_tenant"))
+_ADD_COMMITTED = (
+    update(tenants)
+    .where(tenants.c.tenant_id == bindparam("b_tenant"))
+    .values(committed_micros=tenants.c.committed_micros + bindparam("b_add"))
+)
+
 
 def budget_hook(uow: UnitOfWork, tenant_id: str, fresh: Sequence[Any]) -> None:
     """Estimate each new unit's cost and check the tenant's budget (raises 402)."""
-    row = uow.conn.execute(
-        select(tenants.c.budget_micros, tenants.c.committed_micros).where(
-            tenants.c.tenant_id == tenant_id
-        )
-    ).first()
+    row = uow.conn.execute(_BUDGET_ROW, {"b_tenant": tenant_id}).first()
     if row is None:
         return
     table = load_table(uow.conn)
@@ -44,11 +50,7 @@ def budget_hook(uow: UnitOfWork, tenant_id: str, fresh: Sequence[Any]) -> None:
         total += acc.est_cost_micros
     if row.budget_micros is not None:
         catch_up_in(uow)
-        committed = int(
-            uow.conn.execute(
-                select(tenants.c.committed_micros).where(tenants.c.tenant_id == tenant_id)
-            ).scalar_one()
-        )
+        committed = int(uow.conn.execute(_COMMITTED, {"b_tenant": tenant_id}).scalar_one())
         spent = spent_micros(uow.conn, tenant_id)
         budget = from_micros(row.budget_micros)
         if not budget_check(budget, from_micros(spent), from_micros(committed), from_micros(total)):
@@ -63,11 +65,7 @@ def budget_hook(uow: UnitOfWork, tenant_id: str, fresh: Sequence[Any]) -> None:
                     "requested_usd": format_usd(from_micros(total)),
                 },
             )
-    uow.conn.execute(
-        update(tenants)
-        .where(tenants.c.tenant_id == tenant_id)
-        .values(committed_micros=tenants.c.committed_micros + total)
-    )
+    uow.conn.execute(_ADD_COMMITTED, {"b_tenant": tenant_id, "b_add": total})
 
 
 def record_refusal(uow: UnitOfWork, tenant_id: str, exc: KrakoError) -> None:

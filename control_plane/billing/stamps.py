@@ -6,9 +6,11 @@ Replay never reads these tables: it reads the stamps in the events.
 
 from __future__ import annotations
 
+import weakref
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, Engine, delete, func, select
 
 from control_plane.billing.policy import BillingPolicy, policy_changed_payload
 from control_plane.billing.pricing import (
@@ -39,9 +41,29 @@ class PricingMissing(RuntimeError):
 
 _POLICY = select(billing_policy).where(billing_policy.c.id == 1)
 _PRICES = select(prices)
+# The policy row and the newest price row's version, in one statement: every price change
+# writes a higher version, so equal keys mean an unchanged table (and the cached one stands).
+_TABLE_KEY = select(
+    billing_policy.c.price_version,
+    billing_policy.c.usd_per_cpu_s,
+    select(func.max(prices.c.price_version)).scalar_subquery(),
+).where(billing_policy.c.id == 1)
+
+# Per engine (weakly held, so a disposed database's entry goes with it): the table last read
+# and the key it was read under. A hit saves reading and parsing every price row.
+_tables: weakref.WeakKeyDictionary[Engine, tuple[tuple[Any, ...], PriceTable]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def load_table(conn: Connection) -> PriceTable:
+    key_row = conn.execute(_TABLE_KEY).first()
+    if key_row is None or key_row[2] is None:
+        raise PricingMissing("billing policy and prices not initialised")
+    key = tuple(key_row)
+    cached = _tables.get(conn.engine)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     policy = conn.execute(_POLICY).first()
     rows = conn.execute(_PRICES).all()
     if policy is None or not rows:
@@ -50,7 +72,9 @@ def load_table(conn: Connection) -> PriceTable:
 
     version = max([policy.price_version, *(r.price_version for r in rows)])
     models = {r.model: ModelPrice(rate(r.usd_per_1m_in), rate(r.usd_per_1m_out)) for r in rows}
-    return PriceTable(version, rate(policy.usd_per_cpu_s), models)
+    table = PriceTable(version, rate(policy.usd_per_cpu_s), models)
+    _tables[conn.engine] = (key, table)
+    return table
 
 
 def load_policy(conn: Connection) -> BillingPolicy:

@@ -149,7 +149,7 @@ def _grant_many(
             for row in rows
         ],
     )
-    conn.execute(delete(offers).where(offers.c.work_unit_id.in_([row.id for row in rows])))
+    conn.execute(_DELETE_OFFERS, {"b_ids": [row.id for row in rows]})
     moved: dict[str, int] = {}
     for row in rows:
         if row.node_id != node_id:
@@ -241,29 +241,33 @@ def _held_before(uow: UnitOfWork, unit_id: str, attempt: int) -> str | None:
     ).scalar()
 
 
-def offered_units(db_conn: Any, node_id: str, limit: int) -> list[Row[Any]]:
-    return list(
-        db_conn.execute(
-            select(*WORK_UNIT_COLUMNS, work_units.c.offered_to, work_units.c.tenant_id)
-            .select_from(
-                offers.join(
-                    work_units,
-                    and_(
-                        work_units.c.id == offers.c.work_unit_id,
-                        work_units.c.attempt == offers.c.attempt,
-                    ),
-                )
-            )
-            .where(
-                offers.c.node_id == node_id,
-                work_units.c.status == WorkUnitStatus.SCHEDULED.value,
-            )
-            .order_by(offers.c.offered_seq)
-            .limit(limit)
+_OFFERED = (
+    select(*WORK_UNIT_COLUMNS, work_units.c.offered_to, work_units.c.tenant_id)
+    .select_from(
+        offers.join(
+            work_units,
+            and_(
+                work_units.c.id == offers.c.work_unit_id,
+                work_units.c.attempt == offers.c.attempt,
+            ),
         )
     )
+    .where(
+        offers.c.node_id == bindparam("b_node"),
+        work_units.c.status == WorkUnitStatus.SCHEDULED.value,
+    )
+    .order_by(offers.c.offered_seq)
+    .limit(bindparam("b_limit"))
+)
 
 
+def offered_units(db_conn: Any, node_id: str, limit: int) -> list[Row[Any]]:
+    return list(db_conn.execute(_OFFERED, {"b_node": node_id, "b_limit": limit}))
+
+
+_DELETE_OFFERS = delete(offers).where(
+    offers.c.work_unit_id.in_(bindparam("b_ids", expanding=True))
+)
 _ANY_QUEUED = select(queue_depth.c.queued).where(queue_depth.c.queued > 0).limit(1)
 
 
@@ -355,6 +359,8 @@ _SET_COMPLETED = (
     )
 )
 
+_UNITS_IN = select(work_units).where(work_units.c.id.in_(bindparam("b_ids", expanding=True)))
+
 ReportResult = tuple[WorkUnit | None, KrakoError | None]
 
 
@@ -369,7 +375,7 @@ def complete_in(
     error (404 unknown unit, 409 ``stale_claim``); a repeat of an accepted completion is 200."""
     conn = uow.conn
     ids = sorted({unit_id for unit_id, _ in items})
-    rows = {r.id: r for r in conn.execute(select(work_units).where(work_units.c.id.in_(ids)))}
+    rows = {r.id: r for r in conn.execute(_UNITS_IN, {"b_ids": ids})}
     results: list[ReportResult] = []
     accepted: dict[str, tuple[Row[Any], CompleteRequest]] = {}
     for unit_id, body in items:
@@ -401,11 +407,7 @@ def complete_in(
             for uid, (_, body) in accepted.items()
         ],
     )
-    conn.execute(
-        update(nodes)
-        .where(nodes.c.node_id == node_id)
-        .values(running=nodes.c.running - len(accepted))
-    )
+    conn.execute(ADD_RUNNING, {"b_node": node_id, "b_n": -len(accepted)})
     append(
         uow,
         [

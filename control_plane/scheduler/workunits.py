@@ -284,6 +284,14 @@ def _dedupe(accs: list[Accepted]) -> list[Accepted]:
     return out
 
 
+_BUCKET = select(
+    tenants.c.submit_rate_per_s,
+    tenants.c.submit_burst,
+    tenants.c.bucket_tokens,
+    tenants.c.bucket_updated_us,
+).where(tenants.c.tenant_id == bindparam("b_tenant"))
+
+
 def _rate_limit(
     uow: UnitOfWork,
     tenant_id: str,
@@ -294,14 +302,7 @@ def _rate_limit(
     """Apply the tenant's submission token bucket (if it has one) to the new units."""
     if not fresh:
         return fresh
-    row = uow.conn.execute(
-        select(
-            tenants.c.submit_rate_per_s,
-            tenants.c.submit_burst,
-            tenants.c.bucket_tokens,
-            tenants.c.bucket_updated_us,
-        ).where(tenants.c.tenant_id == tenant_id)
-    ).first()
+    row = uow.conn.execute(_BUCKET, {"b_tenant": tenant_id}).first()
     if row is None or row.submit_rate_per_s is None:
         return fresh
     rate = float(row.submit_rate_per_s)
