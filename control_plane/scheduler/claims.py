@@ -265,9 +265,7 @@ def offered_units(db_conn: Any, node_id: str, limit: int) -> list[Row[Any]]:
     return list(db_conn.execute(_OFFERED, {"b_node": node_id, "b_limit": limit}))
 
 
-_DELETE_OFFERS = delete(offers).where(
-    offers.c.work_unit_id.in_(bindparam("b_ids", expanding=True))
-)
+_DELETE_OFFERS = delete(offers).where(offers.c.work_unit_id.in_(bindparam("b_ids", expanding=True)))
 _ANY_QUEUED = select(queue_depth.c.queued).where(queue_depth.c.queued > 0).limit(1)
 
 
