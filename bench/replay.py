@@ -40,10 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from control_plane.billing import snapshots, store  # noqa: E402
+from control_plane.billing import consumer as store  # noqa: E402
+from control_plane.billing import snapshots  # noqa: E402
+from control_plane.billing.export import LedgerSink  # noqa: E402
+from control_plane.billing.prices import cpu_pricing, ensure_billing, token_pricing  # noqa: E402
 from control_plane.billing.replay import replay  # noqa: E402
-from control_plane.billing.sink import LedgerSink  # noqa: E402
-from control_plane.billing.stamps import cpu_pricing, ensure_billing, token_pricing  # noqa: E402
 from control_plane.db.engine import Database, create_database  # noqa: E402
 from control_plane.db.migrate import upgrade  # noqa: E402
 from control_plane.db.uow import write_transaction  # noqa: E402

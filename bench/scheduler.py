@@ -22,13 +22,13 @@ import statistics
 import time
 from collections import Counter
 
-from control_plane.scheduler.ordering import (
+from control_plane.scheduling.ordering import (
     fair_order,
     fair_order_from_heads,
     group_heads,
     schedule_pass,
 )
-from control_plane.scheduler.placement import NodeView, PlacementWeights, UnitView, place_batch
+from control_plane.scheduling.placement import NodeView, PlacementWeights, UnitView, place_batch
 
 REGIONS = (None, "eu", "us", "ap")
 

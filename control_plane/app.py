@@ -15,21 +15,21 @@ from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimitMiddleware, RequireBearerMiddleware
 from control_plane.api.deps import AuthCache
 from control_plane.api.routes import billing, capacity, events, nodes, ops, tenants, workunits
-from control_plane.autoscaling.service import AutoscalerService, create_service
 from control_plane.billing import snapshots
-from control_plane.billing.sink import LedgerSink
-from control_plane.billing.stamps import ensure_billing
-from control_plane.billing.store import catch_up
+from control_plane.billing.consumer import catch_up
+from control_plane.billing.export import LedgerSink
+from control_plane.billing.prices import ensure_billing
+from control_plane.capacity.autoscaler import AutoscalerService, create_service
+from control_plane.capacity.mode import ensure_state
 from control_plane.db.engine import Database, create_database
 from control_plane.db.migrate import upgrade
 from control_plane.db.uow import set_publisher, write_transaction
 from control_plane.eventlog.wait import Notifier, PgListener
 from control_plane.loops import Loop, run_loop
-from control_plane.scheduler.capacity import ensure_state
-from control_plane.scheduler.placement import PlacementWeights
-from control_plane.scheduler.placer import SchedulerContext
-from control_plane.scheduler.reaper import SweepTimings, sweep
+from control_plane.scheduling.placement import PlacementWeights
+from control_plane.scheduling.scheduler import SchedulerContext
 from control_plane.settings import Settings
+from control_plane.units.sweep import SweepTimings, sweep
 
 log = logging.getLogger("krako.app")
 

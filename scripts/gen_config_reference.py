@@ -185,7 +185,7 @@ def cli_rows() -> list[str]:
     """The ``krako`` CLI's global options that come from the environment."""
     import typer.main
 
-    from control_plane.cli import app
+    from krako_cli.main import app
 
     command = typer.main.get_command(app)
     rows = ["| variable | flag | default | description |", "|---|---|---|---|"]

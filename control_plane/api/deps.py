@@ -20,9 +20,9 @@ from control_plane.db.engine import Database
 from control_plane.errors import Forbidden, Unauthorized
 from control_plane.eventlog.wait import Notifier
 from control_plane.ids import token_hash
-from control_plane.scheduler.placer import SchedulerContext
-from control_plane.scheduler.tenants import node_by_token_hash, tenant_by_key_hash
+from control_plane.scheduling.scheduler import SchedulerContext
 from control_plane.settings import Settings
+from control_plane.tenants.commands import node_by_token_hash, tenant_by_key_hash
 
 Role = Literal["admin", "tenant", "node"]
 

@@ -31,14 +31,14 @@ from typing import Literal
 
 from sqlalchemy import Connection
 
-from control_plane.billing import store
-from control_plane.billing.canonical import canonical_line, ledger_order, wallets_jsonl
-from control_plane.billing.policy import DEFAULT_POLICY, BillingPolicy
-from control_plane.billing.projection import bill_events
-from control_plane.billing.rules import LedgerLine, LineKey
-from control_plane.billing.sink import LedgerSink, SinkOutcome
+from control_plane.billing import consumer as store
+from control_plane.billing.domain.canonical import canonical_line, ledger_order, wallets_jsonl
+from control_plane.billing.domain.policy import DEFAULT_POLICY, BillingPolicy
+from control_plane.billing.domain.projection import bill_events
+from control_plane.billing.domain.rules import LedgerLine, LineKey
+from control_plane.billing.domain.wallets import WalletState, fold_wallets
+from control_plane.billing.export import LedgerSink, SinkOutcome
 from control_plane.billing.snapshots import latest_snapshot
-from control_plane.billing.wallets import WalletState, fold_wallets
 from control_plane.db.engine import Database
 from control_plane.eventlog.store import read_after
 from shared.wire import ReplayReport

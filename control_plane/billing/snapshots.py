@@ -31,9 +31,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, select
 
-from control_plane.billing.canonical import canonical_wallet
-from control_plane.billing.policy import BillingPolicy
-from control_plane.billing.wallets import WalletState
+from control_plane.billing.domain.canonical import canonical_wallet
+from control_plane.billing.domain.policy import BillingPolicy
+from control_plane.billing.domain.wallets import WalletState
 from control_plane.db.engine import Database
 from control_plane.db.tables import wallet_snapshots
 from control_plane.db.uow import UnitOfWork

@@ -30,15 +30,15 @@ from typing import Any
 import httpx
 import pytest
 
-from control_plane.autoscaling import leader
-from control_plane.autoscaling.actuators import (
+from control_plane.capacity import leader
+from control_plane.capacity.actuators import (
     KubernetesActuator,
     LocalActuator,
     ScaleAction,
     WebhookActuator,
     build_actuator,
 )
-from control_plane.autoscaling.service import (
+from control_plane.capacity.autoscaler import (
     LEASE_NAME,
     AutoscalerService,
     params_from_settings,

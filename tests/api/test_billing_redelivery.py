@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.billing import store
+from control_plane.billing import consumer as store
 from control_plane.db.engine import Database
 from tests.api.billing_kit import (
     anomalies,

@@ -10,9 +10,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from control_plane.billing import store
-from control_plane.billing.canonical import ledger_jsonl, ledger_order
-from control_plane.billing.sink import LedgerSink, SinkOutcome
+from control_plane.billing import consumer as store
+from control_plane.billing.domain.canonical import ledger_jsonl, ledger_order
+from control_plane.billing.export import LedgerSink, SinkOutcome
 from control_plane.db.engine import Database
 from tests.api.billing_kit import complete, export, invocation_body, replay, run_units
 from tests.api.conftest import Api

@@ -9,9 +9,10 @@ from itertools import pairwise
 
 from sqlalchemy import update
 
-from control_plane.billing import snapshots, store
-from control_plane.billing.projection import verify_replay
-from control_plane.billing.wallets import fold_wallets
+from control_plane.billing import consumer as store
+from control_plane.billing import snapshots
+from control_plane.billing.domain.projection import verify_replay
+from control_plane.billing.domain.wallets import fold_wallets
 from control_plane.db.engine import Database
 from control_plane.db.tables import ledger_entries
 from control_plane.db.uow import write_transaction

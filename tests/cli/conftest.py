@@ -20,7 +20,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from control_plane.cli import app
+from krako_cli.main import app
 
 ADMIN = "cli-admin-token-0123456789abcdef"
 JOIN = "cli-join-token-0123456789abcdef"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.cli import (
+from krako_cli.main import (
     EXIT_AUTH,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -260,7 +260,7 @@ def test_token_and_url_from_the_environment(
 ) -> None:
     from typer.testing import CliRunner
 
-    from control_plane.cli import app
+    from krako_cli.main import app
 
     monkeypatch.setenv("KRAKO_URL", server.url + "/")
     monkeypatch.setenv("KRAKO_TOKEN", tenant_key)

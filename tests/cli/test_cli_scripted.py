@@ -14,7 +14,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from control_plane.cli import (
+from krako_cli.main import (
     EXIT_AUTH,
     EXIT_FAILED,
     EXIT_NOT_FOUND,

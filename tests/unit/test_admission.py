@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control_plane.scheduler.admission import (
+from control_plane.scheduling.admission import (
     TokenBucket,
     admits_priority,
     max_schedulable_priority,

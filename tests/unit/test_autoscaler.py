@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control_plane.autoscaling.controller import (
+from control_plane.capacity.controller import (
     ControllerParams,
     ControllerState,
     Decision,

@@ -17,20 +17,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from control_plane.billing.anomalies import find_anomalies
-from control_plane.billing.canonical import digest, ledger_jsonl
-from control_plane.billing.errors import BillingFlagsError
-from control_plane.billing.policy import DEFAULT_POLICY, BillingPolicy, fold_policy
-from control_plane.billing.pricing import (
+from control_plane.billing.domain.anomalies import find_anomalies
+from control_plane.billing.domain.canonical import digest, ledger_jsonl
+from control_plane.billing.domain.errors import BillingFlagsError
+from control_plane.billing.domain.policy import DEFAULT_POLICY, BillingPolicy, fold_policy
+from control_plane.billing.domain.pricing import (
     PriceTable,
     cpu_stamp,
     default_price_table,
     price_changed_payload,
     token_stamp,
 )
-from control_plane.billing.projection import BillingState, bill_events, project
-from control_plane.billing.rules import LedgerLine, LineKey, lines_for_event, recompute_amount
-from control_plane.billing.wallets import WalletState, fold_wallets
+from control_plane.billing.domain.projection import BillingState, bill_events, project
+from control_plane.billing.domain.rules import (
+    LedgerLine,
+    LineKey,
+    lines_for_event,
+    recompute_amount,
+)
+from control_plane.billing.domain.wallets import WalletState, fold_wallets
 from shared.enums import LineItemType
 from shared.events import Event
 from shared.money import ZERO

@@ -9,13 +9,8 @@ from typing import Any
 
 import pytest
 
-from control_plane.billing.anomalies import find_anomalies, platform_cost_total
-from control_plane.billing.budgets import (
-    DEFAULT_CPU_ESTIMATE_S,
-    budget_check,
-    estimate_unit_cost,
-)
-from control_plane.billing.canonical import (
+from control_plane.billing.domain.anomalies import find_anomalies, platform_cost_total
+from control_plane.billing.domain.canonical import (
     canonical_line,
     canonical_wallet,
     digest,
@@ -23,24 +18,29 @@ from control_plane.billing.canonical import (
     rfc3339,
     wallets_jsonl,
 )
-from control_plane.billing.errors import BillingFlagsError, InvalidBillableEvent
-from control_plane.billing.policy import (
+from control_plane.billing.domain.errors import BillingFlagsError, InvalidBillableEvent
+from control_plane.billing.domain.estimates import (
+    DEFAULT_CPU_ESTIMATE_S,
+    budget_check,
+    estimate_unit_cost,
+)
+from control_plane.billing.domain.policy import (
     DEFAULT_POLICY,
     BillingPolicy,
     fold_policy,
     is_flag_conflict,
     validate_flags,
 )
-from control_plane.billing.pricing import cpu_stamp, default_price_table, token_stamp
-from control_plane.billing.projection import bill_events, project, verify_replay
-from control_plane.billing.rules import (
+from control_plane.billing.domain.pricing import cpu_stamp, default_price_table, token_stamp
+from control_plane.billing.domain.projection import bill_events, project, verify_replay
+from control_plane.billing.domain.rules import (
     LedgerLine,
     entry_id_for,
     line_key,
     lines_for_event,
     recompute_amount,
 )
-from control_plane.billing.wallets import WalletState, empty_wallet, fold_wallets
+from control_plane.billing.domain.wallets import WalletState, empty_wallet, fold_wallets
 from shared.enums import LineItemType
 from shared.events import Event
 from shared.wire import LedgerEntry, Wallet

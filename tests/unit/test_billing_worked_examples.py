@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
-from control_plane.billing.anomalies import find_anomalies
-from control_plane.billing.canonical import ledger_jsonl
-from control_plane.billing.policy import BillingPolicy, policy_changed_payload
-from control_plane.billing.pricing import (
+from control_plane.billing.domain.anomalies import find_anomalies
+from control_plane.billing.domain.canonical import ledger_jsonl
+from control_plane.billing.domain.policy import BillingPolicy, policy_changed_payload
+from control_plane.billing.domain.pricing import (
     PriceTable,
     cpu_stamp,
     default_price_table,
     token_stamp,
 )
-from control_plane.billing.projection import project
-from control_plane.billing.rules import cpu_amount, token_amount
+from control_plane.billing.domain.projection import project
+from control_plane.billing.domain.rules import cpu_amount, token_amount
 from shared.enums import LineItemType
 from shared.events import Event
 

@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control_plane.scheduler.ordering import (
+from control_plane.scheduling.ordering import (
     fair_order,
     fair_order_from_heads,
     group_heads,
     schedule_pass,
 )
-from control_plane.scheduler.placement import NodeView, PlacementWeights, UnitView, place_batch
+from control_plane.scheduling.placement import NodeView, PlacementWeights, UnitView, place_batch
 
 TENANTS = ("t1", "t2", "t3", "t4")
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control_plane.scheduler.ordering import fair_order
-from control_plane.scheduler.placement import (
+from control_plane.scheduling.ordering import fair_order
+from control_plane.scheduling.placement import (
     EXCLUSION_REASONS,
     NodeView,
     PlacementResult,

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from control_plane.billing.errors import PriceTableError
-from control_plane.billing.policy import BillingPolicy, policy_changed_payload
-from control_plane.billing.pricing import (
+from control_plane.billing.domain.errors import PriceTableError
+from control_plane.billing.domain.policy import BillingPolicy, policy_changed_payload
+from control_plane.billing.domain.pricing import (
     DEFAULT_MODEL,
     ModelPrice,
     PriceTable,

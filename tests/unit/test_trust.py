@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control_plane.trust.model import (
+from control_plane.fleet.trust_model import (
     TrustParams,
     TrustState,
     apply,

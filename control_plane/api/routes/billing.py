@@ -14,17 +14,17 @@ from control_plane.api.deps import Admin, DbDep, SettingsDep, TenantOrAdmin
 from control_plane.api.errors import responses
 from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.billing import budget as budgets
-from control_plane.billing import store
-from control_plane.billing.anomalies import find_anomalies
-from control_plane.billing.canonical import canonical_line
-from control_plane.billing.pricing import rate_str
+from control_plane.billing import consumer as store
+from control_plane.billing.domain.anomalies import find_anomalies
+from control_plane.billing.domain.canonical import canonical_line
+from control_plane.billing.domain.pricing import rate_str
+from control_plane.billing.export import LedgerSink
+from control_plane.billing.prices import change_model_price, load_table
 from control_plane.billing.replay import replay as replay_billing
-from control_plane.billing.sink import LedgerSink
-from control_plane.billing.stamps import change_model_price, load_table
 from control_plane.db.engine import Database
 from control_plane.db.uow import write_transaction
 from control_plane.errors import NotFound
-from control_plane.scheduler.tenants import get_tenant
+from control_plane.tenants.commands import get_tenant
 from shared.wire import (
     AnomalyReport,
     BudgetReply,

@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from control_plane.api.deps import Admin, DbDep, TenantOrAdmin
 from control_plane.api.errors import responses
-from control_plane.scheduler import capacity
+from control_plane.capacity import mode as capacity
 from shared.wire import CapacityModeRequest, CapacityReport
 
 router = APIRouter(prefix="/v1/capacity", tags=["capacity"])

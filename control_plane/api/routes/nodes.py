@@ -24,8 +24,9 @@ from control_plane.api.deps import (
 from control_plane.api.errors import problem_model, responses
 from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.errors import KrakoError
-from control_plane.scheduler import claims, nodes, queries
-from control_plane.scheduler.workunits import ensure_storable
+from control_plane.fleet import nodes
+from control_plane.units import claims, queries
+from control_plane.units.submit import ensure_storable
 from shared.wire import (
     HeartbeatReply,
     HeartbeatRequest,

@@ -7,9 +7,9 @@ from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.api.deps import DbDep, NotifierDep
+from control_plane.capacity.mode import report
 from control_plane.db.migrate import is_migrated
 from control_plane.errors import Unavailable
-from control_plane.scheduler.capacity import report
 
 router = APIRouter(tags=["operations"])
 

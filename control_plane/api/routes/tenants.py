@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from control_plane.api.deps import Admin, DbDep, TenantP
 from control_plane.api.errors import responses
 from control_plane.errors import NotFound
-from control_plane.scheduler.tenants import create_tenant, get_tenant, set_limits
+from control_plane.tenants.commands import create_tenant, get_tenant, set_limits
 from shared.wire import Tenant, TenantCreate, TenantCreated, TenantLimits
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])

@@ -23,7 +23,8 @@ from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.billing.budget import budget_hook, record_refusal
 from control_plane.errors import BadRequest, KrakoError
 from control_plane.eventlog.wait import wait_for
-from control_plane.scheduler import claims, queries, workunits
+from control_plane.units import claims, queries
+from control_plane.units import submit as workunits
 from shared.enums import Priority, WorkUnitKind, WorkUnitStatus
 from shared.wire import (
     MAX_WAIT_S,

@@ -1,1 +1,0 @@
-"""Autoscaling: the pure capacity controller (admission mode, desired nodes) and actuators."""

@@ -1,0 +1,418 @@
+"""Ledger lines from events: which events bill, what each line says, and how much.
+
+Lines:
+
+- ``workunit.completed`` gives one ``workunit_cpu`` line: ``quantity`` the CPU seconds
+  (``cpu_ms / 1000``, a 6-decimal string), ``unit`` ``"cpu_s"``, ``amount_usd`` =
+  ``cpu_s x usd_per_cpu_s``. With ``bill_llm_from_workunit_completed`` on, it also gives one
+  ``llm_tokens`` line per entry of its ``llm_usage`` (sub-key ``"usage:<index>"``).
+- ``llm.invocation.completed`` gives one ``llm_tokens`` line when ``bill_llm_from_invocation`` is
+  on and the invocation is not ``stale_claim``: ``quantity`` the total tokens (digits), ``unit``
+  ``"tokens"``, ``amount_usd`` = ``tokens_in x usd_per_1m_in / 10^6 + tokens_out x
+  usd_per_1m_out / 10^6``. A stale-claim invocation is platform cost, never a tenant line.
+- Every other event gives no line.
+
+Prices come only from the event's ``pricing`` stamp (never from a table or settings), and the
+line's ``pricing`` repeats them so any line can be recomputed from itself (``recompute_amount``).
+
+The rounding rule (``shared.money``): the amount is computed exactly in ``Decimal`` (under a fixed
+60-digit context, whatever the caller's context is), then rounded **once**, to 6 places, with
+ROUND_HALF_EVEN. For example 1234 ms at 0.00005 USD/s is exactly 0.0000617, billed 0.000062;
+1 ms at 0.0000025 USD/s is exactly 0.0000000025, billed 0.000000 (a zero line is still a line).
+
+Keys: a line's uniqueness key is ``(source_event_id, line_item_type, sub_key)``, ``sub_key`` empty
+except for the ``llm_usage`` lines of a completion; ``entry_id`` is derived from the key
+(``"le_"`` + SHA-256 hex), so the same event always yields the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
+from types import MappingProxyType
+from typing import Any
+
+from control_plane.billing.domain.errors import InvalidBillableEvent
+from control_plane.billing.domain.policy import BillingPolicy
+from control_plane.billing.domain.pricing import rate_str
+from shared.enums import LineItemType
+from shared.events import Event, EventType
+from shared.money import parse_rate, quantize_usd
+from shared.wire import LedgerEntry
+
+CPU_UNIT = "cpu_s"
+TOKEN_UNIT = "tokens"
+USAGE_SUB_KEY_PREFIX = "usage:"
+
+LineKey = tuple[str, str, str]
+"""``(source_event_id, line_item_type, sub_key)``: at most one line per key, ever."""
+
+BILLABLE_TYPES: frozenset[str] = frozenset(
+    {EventType.WORKUNIT_COMPLETED.value, EventType.LLM_INVOCATION_COMPLETED.value}
+)
+
+# Exact arithmetic, independent of the calling thread's decimal context: 60 significant digits
+# hold any realistic count times any realistic rate without rounding, so the only rounding is
+# the final quantize; invalid operations and overflow raise instead of giving a wrong amount.
+EXACT = Context(
+    prec=60, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, Overflow, DivisionByZero]
+)
+_MILLION = Decimal(1_000_000)
+
+
+def entry_id_for(source_event_id: str, line_item_type: str, sub_key: str = "") -> str:
+    """The deterministic ``entry_id`` of the line with this key (67 characters)."""
+    raw = f"{source_event_id}\x1f{line_item_type}\x1f{sub_key}".encode()
+    return "le_" + hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLine:
+    """One ledger line; fields mirror ``shared.wire.LedgerEntry`` plus ``sub_key``."""
+
+    entry_id: str
+    source_event_id: str
+    source_seq: int
+    line_item_type: LineItemType
+    tenant_id: str
+    work_unit_id: str
+    execution_session_id: str
+    quantity: str
+    unit: str
+    pricing: Mapping[str, Any]
+    amount_usd: Decimal
+    recorded_at: datetime
+    sub_key: str = ""
+
+    def __hash__(self) -> int:
+        return hash((self.entry_id, self.key))
+
+    @property
+    def key(self) -> LineKey:
+        """The uniqueness key ``(source_event_id, line_item_type, sub_key)``."""
+        return (self.source_event_id, str(self.line_item_type), self.sub_key)
+
+    def to_entry(self) -> LedgerEntry:
+        """The wire model (``sub_key`` is not on the wire; ``llm_usage`` lines carry their
+        index in ``pricing["usage_index"]`` instead)."""
+        return LedgerEntry(
+            entry_id=self.entry_id,
+            source_event_id=self.source_event_id,
+            source_seq=self.source_seq,
+            line_item_type=self.line_item_type,
+            tenant_id=self.tenant_id,
+            work_unit_id=self.work_unit_id,
+            execution_session_id=self.execution_session_id,
+            quantity=self.quantity,
+            unit=self.unit,
+            pricing=dict(self.pricing),
+            amount_usd=self.amount_usd,
+            recorded_at=self.recorded_at,
+        )
+
+    @classmethod
+    def from_entry(cls, entry: LedgerEntry) -> LedgerLine:
+        """Back from the wire (or the database) form; the key is rebuilt from ``pricing``."""
+        return cls(
+            entry_id=entry.entry_id,
+            source_event_id=entry.source_event_id,
+            source_seq=entry.source_seq,
+            line_item_type=LineItemType(entry.line_item_type),
+            tenant_id=entry.tenant_id,
+            work_unit_id=entry.work_unit_id,
+            execution_session_id=entry.execution_session_id,
+            quantity=entry.quantity,
+            unit=entry.unit,
+            pricing=MappingProxyType(dict(entry.pricing)),
+            amount_usd=entry.amount_usd,
+            recorded_at=as_utc(entry.recorded_at),
+            sub_key=_sub_key_from_pricing(entry.pricing),
+        )
+
+
+def _sub_key_from_pricing(pricing: Mapping[str, Any]) -> str:
+    index = pricing.get("usage_index")
+    if isinstance(index, int) and not isinstance(index, bool):
+        return f"{USAGE_SUB_KEY_PREFIX}{index}"
+    return ""
+
+
+def line_key(line: LedgerLine | LedgerEntry) -> LineKey:
+    """The uniqueness key of a line in either form."""
+    if isinstance(line, LedgerLine):
+        return line.key
+    return (line.source_event_id, str(line.line_item_type), _sub_key_from_pricing(line.pricing))
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive one (SQLite gives those) is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- amounts
+
+
+def cpu_seconds(cpu_ms: int) -> Decimal:
+    """CPU milliseconds as exact seconds."""
+    with localcontext(EXACT):
+        return Decimal(cpu_ms).scaleb(-3)
+
+
+def cpu_amount(cpu_ms: int, usd_per_cpu_s: Decimal) -> Decimal:
+    """``cpu_ms / 1000 x usd_per_cpu_s``, exact, then rounded once (6 places, half-even)."""
+    with localcontext(EXACT):
+        return quantize_usd(cpu_seconds(cpu_ms) * usd_per_cpu_s)
+
+
+def token_amount(
+    tokens_in: int, tokens_out: int, usd_per_1m_in: Decimal, usd_per_1m_out: Decimal
+) -> Decimal:
+    """``(tokens_in x usd_per_1m_in + tokens_out x usd_per_1m_out) / 10^6``, exact, then rounded
+    once (6 places, half-even). The two halves are not rounded separately."""
+    with localcontext(EXACT):
+        exact = Decimal(tokens_in) * usd_per_1m_in + Decimal(tokens_out) * usd_per_1m_out
+        return quantize_usd(exact / _MILLION)
+
+
+def recompute_amount(line: LedgerLine | LedgerEntry) -> Decimal:
+    """The amount a line should carry, from its own ``quantity`` and ``pricing``; raises
+    ``ValueError`` when the line does not hold what that needs."""
+    pricing = line.pricing
+    try:
+        if str(line.line_item_type) == LineItemType.WORKUNIT_CPU:
+            with localcontext(EXACT):
+                seconds = Decimal(line.quantity)
+                if not seconds.is_finite() or seconds < 0:
+                    raise ValueError(f"not a CPU time: {line.quantity!r}")
+                return quantize_usd(seconds * parse_rate(pricing["usd_per_cpu_s"]))
+        tokens_in = _nonneg_int(pricing["tokens_in"])
+        tokens_out = _nonneg_int(pricing["tokens_out"])
+        if str(tokens_in + tokens_out) != line.quantity:
+            raise ValueError("quantity is not tokens_in + tokens_out")
+        return token_amount(
+            tokens_in,
+            tokens_out,
+            parse_rate(pricing["usd_per_1m_in"]),
+            parse_rate(pricing["usd_per_1m_out"]),
+        )
+    except KeyError as exc:
+        raise ValueError(f"pricing has no {exc.args[0]!r}") from exc
+    except ArithmeticError as exc:
+        raise ValueError(f"cannot recompute: {exc!r}") from exc
+
+
+def _nonneg_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a non-negative integer: {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- reading payloads
+
+
+class _Reader:
+    """Pulls typed fields out of an event payload, raising ``InvalidBillableEvent``."""
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def fail(self, reason: str) -> InvalidBillableEvent:
+        return InvalidBillableEvent(self.event.event_id, reason)
+
+    def count(self, mapping: Mapping[str, Any], key: str, where: str) -> int:
+        value = mapping.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(f"{where}{key} must be a non-negative integer, got {value!r}")
+        return value
+
+    def rate(self, mapping: Mapping[str, Any], key: str, where: str) -> Decimal:
+        try:
+            return parse_rate(mapping.get(key))
+        except ValueError as exc:
+            raise self.fail(f"{where}{key}: {exc}") from exc
+
+    def version(self, mapping: Mapping[str, Any], where: str) -> int:
+        value = mapping.get("price_version")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"{where}price_version must be an integer, got {value!r}")
+        return value
+
+    def stamp(self, mapping: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+        value = mapping.get("pricing")
+        if not isinstance(value, Mapping):
+            raise self.fail(f"{where}pricing stamp missing")
+        return value
+
+    def model(self, mapping: Mapping[str, Any], stamp: Mapping[str, Any], where: str) -> str:
+        value = mapping.get("model", stamp.get("model"))
+        if not isinstance(value, str) or not value:
+            raise self.fail(f"{where}model must be a non-empty string")
+        return value
+
+    def tenant(self) -> str:
+        if not self.event.tenant_id:
+            raise self.fail("no tenant_id")
+        return self.event.tenant_id
+
+
+def _session_of(event: Event) -> str:
+    if event.correlation_id:
+        return event.correlation_id
+    value = event.payload.get("execution_session_id")
+    return value if isinstance(value, str) else ""
+
+
+def _line(
+    event: Event,
+    tenant_id: str,
+    line_item_type: LineItemType,
+    quantity: str,
+    unit: str,
+    pricing: dict[str, Any],
+    amount: Decimal,
+    sub_key: str = "",
+) -> LedgerLine:
+    return LedgerLine(
+        entry_id=entry_id_for(event.event_id, line_item_type.value, sub_key),
+        source_event_id=event.event_id,
+        source_seq=event.seq,
+        line_item_type=line_item_type,
+        tenant_id=tenant_id,
+        work_unit_id=event.stream_id,
+        execution_session_id=_session_of(event),
+        quantity=quantity,
+        unit=unit,
+        pricing=MappingProxyType(pricing),
+        amount_usd=amount,
+        recorded_at=as_utc(event.recorded_at),
+        sub_key=sub_key,
+    )
+
+
+def _token_line(
+    reader: _Reader,
+    tenant_id: str,
+    usage: Mapping[str, Any],
+    where: str,
+    sub_key: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> LedgerLine:
+    stamp = reader.stamp(usage, where)
+    tokens_in = reader.count(usage, "tokens_in", where)
+    tokens_out = reader.count(usage, "tokens_out", where)
+    usd_in = reader.rate(stamp, "usd_per_1m_in", f"{where}pricing.")
+    usd_out = reader.rate(stamp, "usd_per_1m_out", f"{where}pricing.")
+    pricing: dict[str, Any] = {
+        "model": reader.model(usage, stamp, where),
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "usd_per_1m_in": rate_str(usd_in),
+        "usd_per_1m_out": rate_str(usd_out),
+        "price_version": reader.version(stamp, f"{where}pricing."),
+    }
+    if extra:
+        pricing.update(extra)
+    return _line(
+        reader.event,
+        tenant_id,
+        LineItemType.LLM_TOKENS,
+        str(tokens_in + tokens_out),
+        TOKEN_UNIT,
+        pricing,
+        token_amount(tokens_in, tokens_out, usd_in, usd_out),
+        sub_key,
+    )
+
+
+def _lines_for_completed(event: Event, policy: BillingPolicy) -> list[LedgerLine]:
+    reader = _Reader(event)
+    tenant_id = reader.tenant()
+    payload = event.payload
+    cpu_ms = reader.count(payload, "cpu_ms", "")
+    stamp = reader.stamp(payload, "")
+    usd_per_cpu_s = reader.rate(stamp, "usd_per_cpu_s", "pricing.")
+    pricing: dict[str, Any] = {
+        "usd_per_cpu_s": rate_str(usd_per_cpu_s),
+        "price_version": reader.version(stamp, "pricing."),
+    }
+    lines = [
+        _line(
+            event,
+            tenant_id,
+            LineItemType.WORKUNIT_CPU,
+            f"{cpu_seconds(cpu_ms):.6f}",
+            CPU_UNIT,
+            pricing,
+            cpu_amount(cpu_ms, usd_per_cpu_s),
+        )
+    ]
+    if policy.bill_llm_from_workunit_completed:
+        usages = payload.get("llm_usage") or []
+        if not isinstance(usages, list):
+            raise reader.fail("llm_usage must be a list")
+        for index, usage in enumerate(usages):
+            if not isinstance(usage, Mapping):
+                raise reader.fail(f"llm_usage[{index}] must be an object")
+            lines.append(
+                _token_line(
+                    reader,
+                    tenant_id,
+                    usage,
+                    f"llm_usage[{index}].",
+                    sub_key=f"{USAGE_SUB_KEY_PREFIX}{index}",
+                    extra={"usage_index": index},
+                )
+            )
+    return lines
+
+
+def is_stale_claim(event: Event) -> bool:
+    """Whether an ``llm.invocation.completed`` event is spend under a lost claim."""
+    value = event.payload.get("stale_claim", False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidBillableEvent(event.event_id, f"stale_claim must be a boolean: {value!r}")
+    return value
+
+
+def invocation_line(event: Event) -> LedgerLine:
+    """The line an ``llm.invocation.completed`` event would give, whatever the policy and the
+    stale-claim mark say (the anomaly checker prices platform cost with it)."""
+    reader = _Reader(event)
+    return _token_line(reader, reader.tenant(), event.payload, "")
+
+
+def _lines_for_invocation(event: Event, policy: BillingPolicy) -> list[LedgerLine]:
+    if not policy.bill_llm_from_invocation or is_stale_claim(event):
+        return []
+    return [invocation_line(event)]
+
+
+_RULES: dict[str, Callable[[Event, BillingPolicy], list[LedgerLine]]] = {
+    EventType.WORKUNIT_COMPLETED.value: _lines_for_completed,
+    EventType.LLM_INVOCATION_COMPLETED.value: _lines_for_invocation,
+}
+
+
+def lines_for_event(event: Event, policy: BillingPolicy) -> list[LedgerLine]:
+    """The ledger lines ``event`` gives under ``policy`` (the policy in force before it).
+
+    Raises ``InvalidBillableEvent`` when a billable event lacks what its lines need; events
+    of any other type give ``[]``.
+    """
+    rule = _RULES.get(event.type)
+    return [] if rule is None else rule(event, policy)

@@ -1,0 +1,2 @@
+"""Capacity: the admission mode and its overrides, the autoscaling controller, its leader
+lease and the actuators."""

@@ -1,0 +1,1 @@
+"""The fleet: node registration, heartbeats, health and trust."""

@@ -1,1 +1,0 @@
-"""Scheduling: pure placement, ordering and admission decisions, and the commands using them."""

@@ -1,0 +1,1 @@
+"""The work-unit aggregate: its lifecycle, submit, claims, reports, the sweep, queries."""

@@ -1,0 +1,453 @@
+"""Commands on work units from the tenant's side: submit (one or a batch) and cancel.
+
+Each call is one transaction: admission, idempotency, the ``workunit.submitted`` events, the
+unit rows and the placement of whatever can run now all commit together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import bindparam, select, update
+
+from control_plane.db.engine import Database
+from control_plane.db.tables import nodes, offers, tenants, work_units
+from control_plane.db.uow import UnitOfWork, write_transaction
+from control_plane.errors import (
+    BadRequest,
+    Conflict,
+    KrakoError,
+    NotFound,
+    TooManyRequests,
+)
+from control_plane.eventlog.store import append
+from control_plane.ids import new_id
+from control_plane.scheduling.admission import (
+    TokenBucket,
+    retry_after_header,
+    retry_after_s,
+    submission_allowed,
+    take,
+)
+from control_plane.scheduling.scheduler import SchedulerContext, defer_placement, schedule_pending
+from control_plane.units.queue import adjust_depth, current_mode, queue_key
+from control_plane.units.rows import WORK_UNIT_COLUMNS, dumps, load_unit, to_work_unit
+from shared.enums import WorkUnitKind, WorkUnitStatus
+from shared.events import EventType, NewEvent, WorkUnitCancelled, WorkUnitSubmitted
+from shared.wire import BatchItem, WorkUnit, WorkUnitSubmit
+
+BudgetHook = Callable[[UnitOfWork, str, Sequence["Accepted"]], None]
+RefusalHook = Callable[[UnitOfWork, str, KrakoError], None]
+
+
+@dataclass
+class Outcome:
+    """What one submitted item got: an HTTP status and a unit, or an error."""
+
+    status: int
+    unit: WorkUnit | None = None
+    error: KrakoError | None = None
+
+
+@dataclass
+class Accepted:
+    """A new unit about to be inserted (visible to the budget hook)."""
+
+    id: str
+    item: WorkUnitSubmit
+    idempotency_key: str | None
+    request_hash: str
+    est_cost_micros: int = 0
+
+
+def validate_payload(kind: WorkUnitKind, payload: dict[str, Any]) -> None:
+    """The shape a payload must have for its kind (API.md); raises BadRequest."""
+    if kind is WorkUnitKind.CPU:
+        handler = payload.get("handler")
+        if not isinstance(handler, str) or not handler.strip():
+            raise BadRequest("cpu payload needs a non-empty string 'handler'")
+        args = payload.get("args", {})
+        if not isinstance(args, dict):
+            raise BadRequest("cpu payload 'args' must be an object")
+    else:
+        prompt, messages = payload.get("prompt"), payload.get("messages")
+        if prompt is None and messages is None:
+            raise BadRequest("llm_pod payload needs 'prompt' (string) or 'messages' (list)")
+        if prompt is not None and not isinstance(prompt, str):
+            raise BadRequest("llm_pod 'prompt' must be a string")
+        if messages is not None and (not isinstance(messages, list) or not messages):
+            raise BadRequest("llm_pod 'messages' must be a non-empty list")
+        model = payload.get("model")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise BadRequest("llm_pod 'model' must be a non-empty string")
+        max_tokens = payload.get("max_tokens")
+        if max_tokens is not None and (
+            not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+        ):
+            raise BadRequest("llm_pod 'max_tokens' must be a positive integer")
+    ensure_storable(payload, "payload")
+    timeout = payload.get("timeout_s")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise BadRequest("'timeout_s' must be a positive number")
+
+
+def validate_text(item: WorkUnitSubmit, key: str | None) -> None:
+    """NUL characters cannot be stored in PostgreSQL text: refuse them on every backend."""
+    for name, value in (
+        ("execution_session_id", item.execution_session_id),
+        ("region", item.region),
+        ("idempotency key", key),
+    ):
+        if value is not None and "\x00" in value:
+            raise BadRequest(f"{name} must not contain NUL characters")
+
+
+def ensure_storable(value: Any, what: str) -> None:
+    """Refuse (422) a JSON value the log cannot store: integers beyond 64 bits, lone
+    surrogates, nesting deeper than the encoder allows, and NaN or infinities (which the
+    encoder would silently turn into null)."""
+    # (a model's JSON dump already has NaN as null: judge its Python values for that)
+    raw = value.model_dump() if isinstance(value, BaseModel) else value
+    try:
+        orjson.dumps(value.model_dump(mode="json") if isinstance(value, BaseModel) else value)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"{what} cannot be stored as JSON: {exc}")
+    if not _all_finite(raw):
+        raise BadRequest(f"{what} cannot be stored as JSON: NaN and infinities are not JSON")
+
+
+def _all_finite(value: Any) -> bool:
+    # iterative: the encoder above has already bounded the depth
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
+
+
+def request_hash(item: WorkUnitSubmit) -> str:
+    body = item.model_dump(mode="json", exclude={"idempotency_key"})
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def parse_batch_item(raw: Any) -> BatchItem:
+    if not isinstance(raw, dict):
+        raise BadRequest("each unit must be an object")
+    try:
+        return BatchItem.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        raise BadRequest(
+            f"{loc}: {first.get('msg')}" if loc else str(first.get("msg")),
+            code="validation_error",
+            extra={"errors": orjson.loads(exc.json(include_url=False))},
+        )
+
+
+def submit(
+    db: Database,
+    ctx: SchedulerContext,
+    tenant_id: str,
+    items: Sequence[tuple[WorkUnitSubmit | KrakoError, str | None]],
+    budget: tuple[BudgetHook, RefusalHook] | None = None,
+) -> list[Outcome]:
+    """Submit units in one transaction; each item gets its own outcome, in order."""
+    with write_transaction(db) as uow:
+        outcomes = _submit(uow, ctx, tenant_id, items, budget)
+    return outcomes
+
+
+def _submit(
+    uow: UnitOfWork,
+    ctx: SchedulerContext,
+    tenant_id: str,
+    items: Sequence[tuple[WorkUnitSubmit | KrakoError, str | None]],
+    budget: tuple[BudgetHook, RefusalHook] | None,
+) -> list[Outcome]:
+    conn = uow.conn
+    outcomes: list[Outcome | None] = [None] * len(items)
+    keys = [
+        k
+        for item, k in items
+        if k is not None and "\x00" not in k and not isinstance(item, KrakoError)
+    ]
+    existing: dict[str, Any] = {}
+    if keys:
+        for row in conn.execute(
+            select(
+                *WORK_UNIT_COLUMNS, work_units.c.idempotency_key, work_units.c.request_hash
+            ).where(work_units.c.tenant_id == tenant_id, work_units.c.idempotency_key.in_(keys))
+        ):
+            existing[row.idempotency_key] = row
+
+    mode = current_mode(conn)
+    accepted: list[tuple[int, Accepted]] = []
+    new_keys: dict[str, Accepted] = {}
+    for i, (item, key) in enumerate(items):
+        if isinstance(item, KrakoError):
+            outcomes[i] = Outcome(item.status, error=item)
+            continue
+        try:
+            validate_text(item, key)
+            validate_payload(item.kind, item.payload)
+        except KrakoError as exc:
+            outcomes[i] = Outcome(exc.status, error=exc)
+            continue
+        digest = request_hash(item)
+        if key is not None and key in existing:
+            row = existing[key]
+            if row.request_hash != digest:
+                outcomes[i] = Outcome(409, error=_idempotency_conflict(key))
+            else:
+                outcomes[i] = Outcome(200, unit=to_work_unit(row))
+            continue
+        if key is not None and key in new_keys:
+            prior = new_keys[key]
+            if prior.request_hash != digest:
+                outcomes[i] = Outcome(409, error=_idempotency_conflict(key))
+            else:
+                accepted.append((i, prior))  # same unit as earlier in this batch; 200 below
+            continue
+        if not submission_allowed(mode, item.priority.level):
+            err = TooManyRequests(
+                f"capacity mode is {mode.value}: only p0 submissions are admitted",
+                code="admission_rejected",
+                retry_after_s=retry_after_s(mode),
+            )
+            outcomes[i] = Outcome(429, error=err)
+            continue
+        acc = Accepted(new_id("wu"), item, key, digest)
+        accepted.append((i, acc))
+        if key is not None:
+            new_keys[key] = acc
+
+    fresh = _dedupe([a for _, a in accepted])
+    fresh = _rate_limit(uow, tenant_id, fresh, accepted, outcomes)
+    if budget is not None and fresh:
+        check, refuse = budget
+        try:
+            check(uow, tenant_id, fresh)
+        except KrakoError as exc:
+            refuse(uow, tenant_id, exc)
+            refused = {a.id for a in fresh}
+            for i, acc in accepted:
+                if acc.id in refused and outcomes[i] is None:
+                    outcomes[i] = Outcome(exc.status, error=exc)
+            fresh = []
+    stored: dict[str, WorkUnit] = {}
+    if fresh:
+        _insert(uow, tenant_id, fresh)
+        schedule_pending(uow, ctx)
+        stored = {
+            r.id: to_work_unit(r)
+            for r in conn.execute(_UNITS_BY_ID, {"b_ids": [a.id for a in fresh]})
+        }
+    first_seen: set[str] = set()
+    for i, acc in accepted:
+        if outcomes[i] is not None:
+            continue
+        unit = stored.get(acc.id)
+        if unit is None:
+            continue
+        outcomes[i] = Outcome(200 if acc.id in first_seen else 201, unit=unit)
+        first_seen.add(acc.id)
+    return [o if o is not None else Outcome(500) for o in outcomes]
+
+
+_UNITS_BY_ID = select(*WORK_UNIT_COLUMNS).where(
+    work_units.c.id.in_(bindparam("b_ids", expanding=True))
+)
+
+
+def _dedupe(accs: list[Accepted]) -> list[Accepted]:
+    seen: set[str] = set()
+    out = []
+    for a in accs:
+        if a.id not in seen:
+            seen.add(a.id)
+            out.append(a)
+    return out
+
+
+_BUCKET = select(
+    tenants.c.submit_rate_per_s,
+    tenants.c.submit_burst,
+    tenants.c.bucket_tokens,
+    tenants.c.bucket_updated_us,
+).where(tenants.c.tenant_id == bindparam("b_tenant"))
+
+
+def _rate_limit(
+    uow: UnitOfWork,
+    tenant_id: str,
+    fresh: list[Accepted],
+    accepted: list[tuple[int, Accepted]],
+    outcomes: list[Outcome | None],
+) -> list[Accepted]:
+    """Apply the tenant's submission token bucket (if it has one) to the new units."""
+    if not fresh:
+        return fresh
+    row = uow.conn.execute(_BUCKET, {"b_tenant": tenant_id}).first()
+    if row is None or row.submit_rate_per_s is None:
+        return fresh
+    rate = float(row.submit_rate_per_s)
+    burst = int(row.submit_burst or max(1, int(rate)))
+    now_s = uow.now_us / 1_000_000
+    bucket = TokenBucket(
+        tokens=float(row.bucket_tokens) if row.bucket_tokens is not None else float(burst),
+        updated_at=(row.bucket_updated_us / 1_000_000) if row.bucket_updated_us else now_s,
+    )
+    allowed: list[Accepted] = []
+    refused: dict[str, float] = {}
+    for acc in fresh:
+        ok, bucket, wait = take(bucket, now_s, rate, burst, 1)
+        if ok:
+            allowed.append(acc)
+        else:
+            refused[acc.id] = wait
+    uow.conn.execute(
+        update(tenants)
+        .where(tenants.c.tenant_id == tenant_id)
+        .values(bucket_tokens=bucket.tokens, bucket_updated_us=int(bucket.updated_at * 1e6))
+    )
+    for i, acc in accepted:
+        if acc.id in refused and outcomes[i] is None:
+            outcomes[i] = Outcome(
+                429,
+                error=TooManyRequests(
+                    f"tenant {tenant_id} exceeded its submission rate of {rate:g}/s",
+                    code="rate_limited",
+                    retry_after_s=retry_after_header(refused[acc.id]),
+                ),
+            )
+    return allowed
+
+
+def _idempotency_conflict(key: str) -> Conflict:
+    return Conflict(
+        f"Idempotency-Key {key!r} was already used with a different request body",
+        code="idempotency_conflict",
+    )
+
+
+def _insert(uow: UnitOfWork, tenant_id: str, fresh: list[Accepted]) -> None:
+    events = append(
+        uow,
+        [
+            NewEvent(
+                event_id=f"{a.id}/submitted",
+                type=EventType.WORKUNIT_SUBMITTED,
+                tenant_id=tenant_id,
+                stream_id=a.id,
+                correlation_id=a.item.execution_session_id,
+                payload=WorkUnitSubmitted(
+                    kind=a.item.kind,
+                    execution_session_id=a.item.execution_session_id,
+                    priority=a.item.priority,
+                    region=a.item.region,
+                    payload=a.item.payload,
+                    max_attempts=a.item.max_attempts,
+                    idempotency_key=a.idempotency_key,
+                ),
+            )
+            for a in fresh
+        ],
+    )
+    rows = [
+        {
+            "id": a.id,
+            "tenant_id": tenant_id,
+            "kind": a.item.kind.value,
+            "execution_session_id": a.item.execution_session_id,
+            "priority": a.item.priority.level,
+            "region": a.item.region,
+            "payload": dumps(a.item.payload),
+            "status": WorkUnitStatus.QUEUED.value,
+            "attempt": 1,
+            "max_attempts": a.item.max_attempts,
+            "created_at_us": uow.now_us,
+            "updated_at_us": uow.now_us,
+            "submit_seq": ev.seq,
+            "idempotency_key": a.idempotency_key,
+            "request_hash": a.request_hash,
+            "est_cost_micros": a.est_cost_micros,
+        }
+        for a, ev in zip(fresh, events, strict=True)
+    ]
+    uow.conn.execute(work_units.insert(), rows)
+    adjust_depth(
+        uow,
+        (
+            (queue_key(a.item.priority.level, tenant_id, a.item.kind.value, a.item.region), 1)
+            for a in fresh
+        ),
+    )
+
+
+def cancel(
+    db: Database, ctx: SchedulerContext, unit_id: str, tenant_id: str | None, by: str
+) -> WorkUnit:
+    """Cancel a unit that is not terminal yet (409 ``already_terminal`` otherwise)."""
+    with write_transaction(db) as uow:
+        row = load_unit(uow.conn, unit_id)
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+            raise NotFound(f"work unit {unit_id} not found")
+        status = WorkUnitStatus(row.status)
+        if status.terminal:
+            raise Conflict(
+                f"work unit {unit_id} is already {status.value}", code="already_terminal"
+            )
+        release_unit_slot(uow, row)
+        uow.conn.execute(
+            update(work_units)
+            .where(work_units.c.id == unit_id)
+            .values(status=WorkUnitStatus.CANCELLED.value, updated_at_us=uow.now_us)
+        )
+        append(
+            uow,
+            [
+                NewEvent(
+                    event_id=f"{unit_id}/cancelled",
+                    type=EventType.WORKUNIT_CANCELLED,
+                    tenant_id=row.tenant_id,
+                    stream_id=unit_id,
+                    correlation_id=row.execution_session_id,
+                    payload=WorkUnitCancelled(attempt=row.attempt, node_id=row.node_id, by=by),
+                )
+            ],
+        )
+        uow.wake(f"unit:{unit_id}")
+        if status is not WorkUnitStatus.QUEUED:
+            defer_placement(uow, ctx)
+        fresh = load_unit(uow.conn, unit_id)
+        assert fresh is not None
+        return to_work_unit(fresh)
+
+
+def release_unit_slot(uow: UnitOfWork, row: Any) -> None:
+    """Undo what a unit's current status holds: its queue count, or its node slot and offers."""
+    status = WorkUnitStatus(row.status)
+    if status is WorkUnitStatus.QUEUED:
+        adjust_depth(uow, [(queue_key(row.priority, row.tenant_id, row.kind, row.region), -1)])
+    elif status in (WorkUnitStatus.SCHEDULED, WorkUnitStatus.CLAIMED) and row.node_id:
+        uow.conn.execute(
+            update(nodes).where(nodes.c.node_id == row.node_id).values(running=nodes.c.running - 1)
+        )
+        if status is WorkUnitStatus.SCHEDULED:
+            uow.conn.execute(offers.delete().where(offers.c.work_unit_id == row.id))
+        uow.wake(f"node:{row.node_id}")

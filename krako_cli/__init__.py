@@ -1,0 +1,1 @@
+"""``krako``: the command-line client for people (HTTP only, like the agent)."""
