@@ -307,6 +307,15 @@ PAYLOADS: dict[EventType, type[Payload]] = {
 }
 
 
+EVENT_TYPE_OF: dict[type[Payload], EventType] = {model: kind for kind, model in PAYLOADS.items()}
+"""The event type each payload model is the payload of (each model belongs to one type)."""
+
+
+def event_type_of(payload: Payload) -> EventType:
+    """The event type of ``payload``, from its class (``KeyError`` for a class of no type)."""
+    return EVENT_TYPE_OF[type(payload)]
+
+
 def payload_type(event_type: str) -> type[Payload] | None:
     try:
         return PAYLOADS[EventType(event_type)]

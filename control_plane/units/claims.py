@@ -54,7 +54,7 @@ from control_plane.units.rows import (
     load_unit,
     to_work_unit,
 )
-from control_plane.units.submit import ensure_storable
+from control_plane.units.validation import ensure_storable
 from shared.enums import WorkUnitStatus
 from shared.events import (
     EventType,

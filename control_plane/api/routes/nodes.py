@@ -26,7 +26,7 @@ from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.errors import KrakoError
 from control_plane.fleet import nodes
 from control_plane.units import claims, queries
-from control_plane.units.submit import ensure_storable
+from control_plane.units.validation import ensure_storable
 from shared.wire import (
     HeartbeatReply,
     HeartbeatRequest,
