@@ -60,7 +60,7 @@ from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.eventlog.store import append, us_to_dt
 from control_plane.ids import new_id
 from control_plane.settings import Settings
-from control_plane.units.queue import depth_by_priority
+from control_plane.units.queries import depth_by_priority
 from shared.enums import CapacityMode, NodeHealth, WorkUnitStatus
 from shared.events import CapacityScaleRequested, EventType, NewEvent
 

@@ -12,7 +12,7 @@ from control_plane.db.tables import capacity_state, nodes, work_units
 from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.eventlog.store import append
 from control_plane.ids import new_id
-from control_plane.units.queue import depth_by_priority
+from control_plane.units.queries import depth_by_priority
 from shared.enums import CapacityMode, NodeHealth, WorkUnitStatus
 from shared.events import (
     CapacityAdmissionModeChanged,
@@ -21,6 +21,14 @@ from shared.events import (
     NewEvent,
 )
 from shared.wire import CapacityReport
+
+_MODE = select(capacity_state.c.mode).where(capacity_state.c.id == 1)
+
+
+def current_mode(conn: Connection) -> CapacityMode:
+    """The admission mode in force (``open`` until the first decision)."""
+    mode = conn.execute(_MODE).scalar()
+    return CapacityMode(mode) if mode else CapacityMode.OPEN
 
 
 def load_state(conn: Connection) -> Any:

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
+from control_plane.capacity.mode import current_mode
 from control_plane.db.engine import Database
-from control_plane.db.tables import nodes, work_units
+from control_plane.db.tables import nodes
 from control_plane.db.uow import write_transaction
 from control_plane.errors import NotFound
-from control_plane.eventlog.store import append, us_to_dt
+from control_plane.eventlog.emit import emit, emit_all, event
+from control_plane.fleet import health
+from control_plane.fleet.queries import load_node
 from control_plane.ids import new_id, new_secret, token_hash
 from control_plane.scheduling.scheduler import SchedulerContext, schedule_pending
-from control_plane.units.queue import current_mode
-from control_plane.units.rows import dumps, load_node
-from shared.enums import NodeHealth, WorkUnitStatus
-from shared.events import (
-    EventType,
-    NewEvent,
-    NodeDrained,
-    NodeHealthChanged,
-    NodeRegistered,
-    WorkUnitLeasesRenewed,
-)
+from control_plane.units import lifecycle
+from control_plane.units.rows import dumps
+from shared.enums import NodeHealth
+from shared.events import NewEvent, NodeDrained, NodeRegistered
 from shared.wire import HeartbeatReply, HeartbeatRequest, NodeRegister
 
 
@@ -42,11 +38,8 @@ def register(db: Database, ctx: SchedulerContext, body: NodeRegister) -> tuple[s
             "last_heartbeat_us": uow.now_us,
         }
         events = [
-            NewEvent(
-                event_id=new_id("evt"),
-                type=EventType.NODE_REGISTERED,
-                stream_id=node_id,
-                payload=NodeRegistered(
+            event(
+                NodeRegistered(
                     node_id=node_id,
                     region=body.region,
                     supported_kinds=sorted(set(body.supported_kinds)),
@@ -54,6 +47,7 @@ def register(db: Database, ctx: SchedulerContext, body: NodeRegister) -> tuple[s
                     labels=body.labels or {},
                     restart=existing is not None,
                 ),
+                stream_id=node_id,
             )
         ]
         if existing is None:
@@ -72,21 +66,10 @@ def register(db: Database, ctx: SchedulerContext, body: NodeRegister) -> tuple[s
                 .values(health=NodeHealth.HEALTHY.value, **values)
             )
             if existing.health != NodeHealth.HEALTHY.value:
-                events.append(_health_event(node_id, existing.health, "registered"))
-        append(uow, events)
+                events.append(health.changed(node_id, existing.health, "healthy", "registered"))
+        emit_all(uow, events)
         schedule_pending(uow, ctx)
     return node_id, token
-
-
-def _health_event(node_id: str, old: str, reason: str, new: str = "healthy") -> NewEvent:
-    return NewEvent(
-        event_id=new_id("evt"),
-        type=EventType.NODE_HEALTH_CHANGED,
-        stream_id=node_id,
-        payload=NodeHealthChanged.model_validate(
-            {"node_id": node_id, "from": old, "to": new, "reason": reason}
-        ),
-    )
 
 
 def heartbeat(db: Database, node_id: str, body: HeartbeatRequest, lease_s: float) -> HeartbeatReply:
@@ -109,46 +92,11 @@ def heartbeat(db: Database, node_id: str, body: HeartbeatRequest, lease_s: float
         )
         events: list[NewEvent] = []
         if node.health != NodeHealth.HEALTHY.value:
-            events.append(_health_event(node_id, node.health, "heartbeat received"))
-        held: list[str] = []
-        if running:
-            held = [
-                r.id
-                for r in conn.execute(
-                    select(work_units.c.id).where(
-                        work_units.c.id.in_(running),
-                        work_units.c.node_id == node_id,
-                        work_units.c.status == WorkUnitStatus.CLAIMED.value,
-                    )
-                )
-            ]
-        held_set = set(held)
-        renewed = [u for u in running if u in held_set]
-        revoked = [u for u in running if u not in held_set]
-        if renewed:
-            lease_us = uow.now_us + int(lease_s * 1_000_000)
-            conn.execute(
-                update(work_units)
-                .where(
-                    work_units.c.id.in_(renewed),
-                    work_units.c.node_id == node_id,
-                    work_units.c.status == WorkUnitStatus.CLAIMED.value,
-                )
-                .values(lease_expires_us=lease_us)
-            )
-            events.append(
-                NewEvent(
-                    event_id=new_id("evt"),
-                    type=EventType.WORKUNIT_LEASES_RENEWED,
-                    stream_id=node_id,
-                    payload=WorkUnitLeasesRenewed(
-                        node_id=node_id,
-                        work_unit_ids=renewed,
-                        lease_expires_at=us_to_dt(lease_us),
-                    ),
-                )
-            )
-        append(uow, events)
+            events.append(health.changed(node_id, node.health, "healthy", "heartbeat received"))
+        emit_all(uow, events)
+        renewed = lifecycle.renew_leases(uow, node_id, running, lease_s)
+        held = set(renewed)
+        revoked = [u for u in running if u not in held]
         mode = current_mode(conn)
     return HeartbeatReply(capacity_mode=mode, renewed=renewed, revoked=revoked)
 
@@ -162,14 +110,4 @@ def drain(db: Database, node_id: str) -> None:
         if node.drained:
             return
         uow.conn.execute(update(nodes).where(nodes.c.node_id == node_id).values(drained=True))
-        append(
-            uow,
-            [
-                NewEvent(
-                    event_id=new_id("evt"),
-                    type=EventType.NODE_DRAINED,
-                    stream_id=node_id,
-                    payload=NodeDrained(node_id=node_id),
-                )
-            ],
-        )
+        emit(uow, NodeDrained(node_id=node_id), stream_id=node_id)

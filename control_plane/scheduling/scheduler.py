@@ -1,6 +1,7 @@
 """Placement inside a command's transaction: read the fleet and the heads of the non-empty
-queues, let the pure code (``ordering.fair_order``, ``placement.place_batch``) decide, then
-write the decisions: ``workunit.scheduled`` events, offers, node slot counts, queue depth.
+queues, let the pure code (``ordering.schedule_pass``, ``placement.place_batch``) decide, then
+apply the decisions through ``units.lifecycle.schedule`` (``workunit.scheduled`` events,
+offers, node slot counts, queue depth, tenant turns).
 
 Called at the end of every command that can free a slot or add work (submit, complete, fail,
 poll, register, the reaper, the sweep), so a unit is placed as soon as a slot exists.
@@ -8,24 +9,20 @@ poll, register, the reaper, the sweep), so a unit is placed as soon as a slot ex
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select
 
-from control_plane.db.tables import nodes, offers, queue_depth, tenants, work_units
+from control_plane.capacity.mode import current_mode
+from control_plane.db.tables import nodes, queue_depth, tenants, work_units
 from control_plane.db.uow import UnitOfWork
-from control_plane.eventlog.store import append
-from control_plane.ids import new_id
 from control_plane.scheduling.admission import admits_priority
 from control_plane.scheduling.ordering import group_heads, schedule_pass
 from control_plane.scheduling.placement import NodeView, PlacementWeights, UnitView
-from control_plane.units.queue import adjust_depth, current_mode, queue_key
-from control_plane.units.rows import dumps
+from control_plane.units import lifecycle
 from shared.enums import NodeHealth, WorkUnitStatus
-from shared.events import EventType, NewEvent, WorkUnitScheduled
 
 _MAX_STREAKS = 10_000
 
@@ -182,7 +179,7 @@ def schedule_pending(uow: UnitOfWork, ctx: SchedulerContext) -> int:
     if not result.placements:
         return 0
     by_id = {u.id: u for u in candidates}
-    _write_placements(uow, result.placements, by_id, attempts)
+    lifecycle.schedule(uow, result.placements, by_id, attempts)
     return len(result.placements)
 
 
@@ -222,104 +219,3 @@ def _tenant_load(
             limited[r.tenant_id] = r.max_running
     running = {r.tenant_id: int(r.n) for r in uow.conn.execute(_IN_FLIGHT, {"b_ids": ids})}
     return running, limited, served
-
-
-_SET_SCHEDULED = (
-    update(work_units)
-    .where(work_units.c.id == bindparam("b_id"), work_units.c.status == "queued")
-    .values(
-        status=WorkUnitStatus.SCHEDULED.value,
-        node_id=bindparam("b_node"),
-        offered_to=bindparam("b_offered"),
-        updated_at_us=bindparam("b_now"),
-    )
-)
-_SET_TURN = (
-    update(tenants)
-    .where(tenants.c.tenant_id == bindparam("b_tenant"))
-    .values(last_placed_seq=bindparam("b_seq"))
-)
-ADD_RUNNING = (
-    update(nodes)
-    .where(nodes.c.node_id == bindparam("b_node"))
-    .values(running=nodes.c.running + bindparam("b_n"))
-)
-
-
-def _write_placements(
-    uow: UnitOfWork,
-    placements: Sequence[Any],
-    units: dict[str, UnitView],
-    attempts: dict[str, int],
-) -> None:
-    conn = uow.conn
-    conn.execute(
-        _SET_SCHEDULED,
-        [
-            {
-                "b_id": p.unit_id,
-                "b_node": p.node_id,
-                "b_offered": dumps(list(p.offered_to)),
-                "b_now": uow.now_us,
-            }
-            for p in placements
-        ],
-    )
-    per_node = Counter(p.node_id for p in placements)
-    conn.execute(ADD_RUNNING, [{"b_node": n, "b_n": c} for n, c in sorted(per_node.items())])
-    adjust_depth(
-        uow,
-        (
-            (
-                queue_key(
-                    units[p.unit_id].priority,
-                    units[p.unit_id].tenant_id,
-                    units[p.unit_id].kind,
-                    units[p.unit_id].region,
-                ),
-                -1,
-            )
-            for p in placements
-        ),
-    )
-    stored = append(
-        uow,
-        [
-            NewEvent(
-                event_id=new_id("evt"),
-                type=EventType.WORKUNIT_SCHEDULED,
-                tenant_id=units[p.unit_id].tenant_id,
-                stream_id=p.unit_id,
-                correlation_id=units[p.unit_id].execution_session_id,
-                payload=WorkUnitScheduled(
-                    node_id=p.node_id,
-                    offered_to=list(p.offered_to),
-                    attempt=attempts[p.unit_id],
-                    decision=p.decision,
-                ),
-            )
-            for p in placements
-        ],
-    )
-    conn.execute(
-        offers.insert(),
-        [
-            {
-                "node_id": node,
-                "work_unit_id": p.unit_id,
-                "attempt": attempts[p.unit_id],
-                "offered_seq": ev.seq,
-            }
-            for p, ev in zip(placements, stored, strict=True)
-            for node in p.offered_to
-        ],
-    )
-    last_by_tenant: dict[str, int] = {}
-    for p, ev in zip(placements, stored, strict=True):
-        last_by_tenant[units[p.unit_id].tenant_id] = ev.seq
-    conn.execute(
-        _SET_TURN,
-        [{"b_tenant": t, "b_seq": q} for t, q in sorted(last_by_tenant.items())],
-    )
-    uow.wake(*{f"node:{node}" for p in placements for node in p.offered_to})
-    uow.wake(*{f"unit:{p.unit_id}" for p in placements})

@@ -1,16 +1,26 @@
-"""Read-side queries for the API (no writes)."""
+"""Work-unit reads (no writes): a unit, a page of units, a unit's events, the queue depth by
+priority, and the row the commands load."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select
+from typing import Any
 
-from control_plane.db.tables import nodes, work_units
+from sqlalchemy import Connection, Row, bindparam, func, select
+
+from control_plane.db.tables import queue_depth, work_units
 from control_plane.errors import NotFound
 from control_plane.eventlog.store import read_stream
-from control_plane.units.rows import WORK_UNIT_COLUMNS, load_node, to_node, to_work_unit
+from control_plane.units.rows import WORK_UNIT_COLUMNS, to_work_unit
 from shared.enums import Priority, WorkUnitKind, WorkUnitStatus
 from shared.events import Event
-from shared.wire import Node, WorkUnit
+from shared.wire import WorkUnit
+
+_UNIT = select(work_units).where(work_units.c.id == bindparam("b_id"))
+
+
+def load_unit(conn: Connection, unit_id: str) -> Row[Any] | None:
+    """The unit's full row (every column), or ``None``."""
+    return conn.execute(_UNIT, {"b_id": unit_id}).first()
 
 
 def get_unit(conn: Connection, unit_id: str, tenant_id: str | None) -> WorkUnit:
@@ -53,15 +63,14 @@ def unit_events(conn: Connection, unit_id: str, tenant_id: str | None) -> list[E
     return read_stream(conn, unit_id)
 
 
-def get_node(conn: Connection, node_id: str) -> Node:
-    row = load_node(conn, node_id)
-    if row is None:
-        raise NotFound(f"node {node_id} not found")
-    return to_node(row)
-
-
-def list_nodes(conn: Connection, after_id: str | None, limit: int) -> list[Node]:
-    query = select(nodes)
-    if after_id is not None:
-        query = query.where(nodes.c.node_id > after_id)
-    return [to_node(r) for r in conn.execute(query.order_by(nodes.c.node_id).limit(limit))]
+def depth_by_priority(conn: Connection) -> dict[str, int]:
+    """``{"p0": n, …, "p9": n}`` of queued units."""
+    out = {f"p{i}": 0 for i in range(10)}
+    rows = conn.execute(
+        select(queue_depth.c.priority, func.sum(queue_depth.c.queued)).group_by(
+            queue_depth.c.priority
+        )
+    )
+    for priority, total in rows:
+        out[f"p{priority}"] = int(total or 0)
+    return out

@@ -1,16 +1,16 @@
-"""Row <-> wire conversions and the small named queries the commands share."""
+"""Row -> wire: a ``work_units`` row as the API shows it, and the JSON encoding of its columns."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import Row
 
-from control_plane.db.tables import nodes, work_units
+from control_plane.db.tables import work_units
 from control_plane.eventlog.store import us_to_dt
-from shared.enums import NodeHealth, Priority, WorkUnitKind, WorkUnitStatus
-from shared.wire import Node, WorkUnit
+from shared.enums import Priority, WorkUnitKind, WorkUnitStatus
+from shared.wire import WorkUnit
 
 WORK_UNIT_COLUMNS = [
     work_units.c.id,
@@ -36,10 +36,12 @@ def _json_or_none(value: str | None) -> Any:
 
 
 def dumps(value: Any) -> str:
+    """A JSON column's text."""
     return orjson.dumps(value).decode()
 
 
 def to_work_unit(row: Row[Any]) -> WorkUnit:
+    """The wire model of a row with ``WORK_UNIT_COLUMNS`` (our own data: not validated again)."""
     return WorkUnit.model_construct(
         id=row.id,
         tenant_id=row.tenant_id,
@@ -57,33 +59,3 @@ def to_work_unit(row: Row[Any]) -> WorkUnit:
         created_at=us_to_dt(row.created_at_us),
         updated_at=us_to_dt(row.updated_at_us),
     )
-
-
-_UNIT = select(work_units).where(work_units.c.id == bindparam("b_id"))
-_NODE = select(nodes).where(nodes.c.node_id == bindparam("b_id"))
-
-
-def load_unit(conn: Connection, unit_id: str) -> Row[Any] | None:
-    return conn.execute(_UNIT, {"b_id": unit_id}).first()
-
-
-def to_node(row: Row[Any]) -> Node:
-    return Node.model_construct(
-        node_id=row.node_id,
-        region=row.region,
-        supported_kinds=[WorkUnitKind(k) for k in row.supported_kinds.split(",") if k],
-        max_concurrency=row.max_concurrency,
-        running=row.running,
-        health=NodeHealth(row.health),
-        trust=round(float(row.trust), 6),
-        drained=bool(row.drained),
-        quarantined=bool(row.quarantined),
-        labels=orjson.loads(row.labels or "{}"),
-        last_heartbeat_at=(
-            us_to_dt(row.last_heartbeat_us) if row.last_heartbeat_us is not None else None
-        ),
-    )
-
-
-def load_node(conn: Connection, node_id: str) -> Row[Any] | None:
-    return conn.execute(_NODE, {"b_id": node_id}).first()

@@ -1,7 +1,8 @@
-"""Commands on work units from the tenant's side: submit (one or a batch) and cancel.
+"""Submit (one unit or a batch), from the tenant's side.
 
-Each call is one transaction: admission, idempotency, the ``workunit.submitted`` events, the
-unit rows and the placement of whatever can run now all commit together.
+One transaction: admission (capacity mode, the tenant's rate limit, the budget hook),
+idempotency keys, then ``lifecycle.enqueue`` for the new units and the placement of whatever
+can run now, all committed together.
 """
 
 from __future__ import annotations
@@ -15,17 +16,11 @@ import orjson
 from pydantic import ValidationError
 from sqlalchemy import bindparam, select, update
 
+from control_plane.capacity.mode import current_mode
 from control_plane.db.engine import Database
-from control_plane.db.tables import nodes, offers, tenants, work_units
+from control_plane.db.tables import tenants, work_units
 from control_plane.db.uow import UnitOfWork, write_transaction
-from control_plane.errors import (
-    BadRequest,
-    Conflict,
-    KrakoError,
-    NotFound,
-    TooManyRequests,
-)
-from control_plane.eventlog.store import append
+from control_plane.errors import BadRequest, Conflict, KrakoError, TooManyRequests
 from control_plane.ids import new_id
 from control_plane.scheduling.admission import (
     TokenBucket,
@@ -34,12 +29,10 @@ from control_plane.scheduling.admission import (
     submission_allowed,
     take,
 )
-from control_plane.scheduling.scheduler import SchedulerContext, defer_placement, schedule_pending
-from control_plane.units.queue import adjust_depth, current_mode, queue_key
-from control_plane.units.rows import WORK_UNIT_COLUMNS, dumps, load_unit, to_work_unit
+from control_plane.scheduling.scheduler import SchedulerContext, schedule_pending
+from control_plane.units import lifecycle
+from control_plane.units.rows import WORK_UNIT_COLUMNS, to_work_unit
 from control_plane.units.validation import validate_payload, validate_text
-from shared.enums import WorkUnitStatus
-from shared.events import EventType, NewEvent, WorkUnitCancelled, WorkUnitSubmitted
 from shared.wire import BatchItem, WorkUnit, WorkUnitSubmit
 
 BudgetHook = Callable[[UnitOfWork, str, Sequence["Accepted"]], None]
@@ -57,7 +50,7 @@ class Outcome:
 
 @dataclass
 class Accepted:
-    """A new unit about to be inserted (visible to the budget hook)."""
+    """A new unit about to be enqueued (the budget hook prices it: ``est_cost_micros``)."""
 
     id: str
     item: WorkUnitSubmit
@@ -178,7 +171,7 @@ def _submit(
             fresh = []
     stored: dict[str, WorkUnit] = {}
     if fresh:
-        _insert(uow, tenant_id, fresh)
+        lifecycle.enqueue(uow, tenant_id, fresh)
         schedule_pending(uow, ctx)
         stored = {
             r.id: to_work_unit(r)
@@ -270,111 +263,3 @@ def _idempotency_conflict(key: str) -> Conflict:
         f"Idempotency-Key {key!r} was already used with a different request body",
         code="idempotency_conflict",
     )
-
-
-def _insert(uow: UnitOfWork, tenant_id: str, fresh: list[Accepted]) -> None:
-    events = append(
-        uow,
-        [
-            NewEvent(
-                event_id=f"{a.id}/submitted",
-                type=EventType.WORKUNIT_SUBMITTED,
-                tenant_id=tenant_id,
-                stream_id=a.id,
-                correlation_id=a.item.execution_session_id,
-                payload=WorkUnitSubmitted(
-                    kind=a.item.kind,
-                    execution_session_id=a.item.execution_session_id,
-                    priority=a.item.priority,
-                    region=a.item.region,
-                    payload=a.item.payload,
-                    max_attempts=a.item.max_attempts,
-                    idempotency_key=a.idempotency_key,
-                ),
-            )
-            for a in fresh
-        ],
-    )
-    rows = [
-        {
-            "id": a.id,
-            "tenant_id": tenant_id,
-            "kind": a.item.kind.value,
-            "execution_session_id": a.item.execution_session_id,
-            "priority": a.item.priority.level,
-            "region": a.item.region,
-            "payload": dumps(a.item.payload),
-            "status": WorkUnitStatus.QUEUED.value,
-            "attempt": 1,
-            "max_attempts": a.item.max_attempts,
-            "created_at_us": uow.now_us,
-            "updated_at_us": uow.now_us,
-            "submit_seq": ev.seq,
-            "idempotency_key": a.idempotency_key,
-            "request_hash": a.request_hash,
-            "est_cost_micros": a.est_cost_micros,
-        }
-        for a, ev in zip(fresh, events, strict=True)
-    ]
-    uow.conn.execute(work_units.insert(), rows)
-    adjust_depth(
-        uow,
-        (
-            (queue_key(a.item.priority.level, tenant_id, a.item.kind.value, a.item.region), 1)
-            for a in fresh
-        ),
-    )
-
-
-def cancel(
-    db: Database, ctx: SchedulerContext, unit_id: str, tenant_id: str | None, by: str
-) -> WorkUnit:
-    """Cancel a unit that is not terminal yet (409 ``already_terminal`` otherwise)."""
-    with write_transaction(db) as uow:
-        row = load_unit(uow.conn, unit_id)
-        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
-            raise NotFound(f"work unit {unit_id} not found")
-        status = WorkUnitStatus(row.status)
-        if status.terminal:
-            raise Conflict(
-                f"work unit {unit_id} is already {status.value}", code="already_terminal"
-            )
-        release_unit_slot(uow, row)
-        uow.conn.execute(
-            update(work_units)
-            .where(work_units.c.id == unit_id)
-            .values(status=WorkUnitStatus.CANCELLED.value, updated_at_us=uow.now_us)
-        )
-        append(
-            uow,
-            [
-                NewEvent(
-                    event_id=f"{unit_id}/cancelled",
-                    type=EventType.WORKUNIT_CANCELLED,
-                    tenant_id=row.tenant_id,
-                    stream_id=unit_id,
-                    correlation_id=row.execution_session_id,
-                    payload=WorkUnitCancelled(attempt=row.attempt, node_id=row.node_id, by=by),
-                )
-            ],
-        )
-        uow.wake(f"unit:{unit_id}")
-        if status is not WorkUnitStatus.QUEUED:
-            defer_placement(uow, ctx)
-        fresh = load_unit(uow.conn, unit_id)
-        assert fresh is not None
-        return to_work_unit(fresh)
-
-
-def release_unit_slot(uow: UnitOfWork, row: Any) -> None:
-    """Undo what a unit's current status holds: its queue count, or its node slot and offers."""
-    status = WorkUnitStatus(row.status)
-    if status is WorkUnitStatus.QUEUED:
-        adjust_depth(uow, [(queue_key(row.priority, row.tenant_id, row.kind, row.region), -1)])
-    elif status in (WorkUnitStatus.SCHEDULED, WorkUnitStatus.CLAIMED) and row.node_id:
-        uow.conn.execute(
-            update(nodes).where(nodes.c.node_id == row.node_id).values(running=nodes.c.running - 1)
-        )
-        if status is WorkUnitStatus.SCHEDULED:
-            uow.conn.execute(offers.delete().where(offers.c.work_unit_id == row.id))
-        uow.wake(f"node:{row.node_id}")

@@ -6,26 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, select
 
 from control_plane.db.engine import Database
-from control_plane.db.tables import nodes, offers, work_units
+from control_plane.db.tables import nodes, work_units
 from control_plane.db.uow import UnitOfWork, write_transaction
-from control_plane.eventlog.store import append
-from control_plane.fleet.trust import apply_health, record_outcome, release_probation
-from control_plane.fleet.trust_model import health_for
-from control_plane.ids import new_id
+from control_plane.fleet import health
+from control_plane.fleet.trust import record_outcome, release_probation
 from control_plane.scheduling.scheduler import SchedulerContext, schedule_pending
-from control_plane.units.claims import finish_attempt
-from control_plane.units.queue import adjust_depth, queue_key
+from control_plane.units import lifecycle
 from shared.enums import NodeHealth, WorkUnitStatus
-from shared.events import (
-    EventType,
-    NewEvent,
-    NodeHealthChanged,
-    WorkUnitLeaseExpired,
-    WorkUnitUnscheduled,
-)
+from shared.events import EventType
 
 BATCH = 500
 
@@ -46,80 +37,39 @@ class SweepReport:
 
 
 def sweep(db: Database, ctx: SchedulerContext, timings: SweepTimings) -> SweepReport:
+    """One pass of every step, in one transaction."""
     report = SweepReport()
     with write_transaction(db) as uow:
         report.expired = _expire_leases(uow)
-        report.health_changes = _judge_health(uow, timings)
+        report.health_changes = health.judge(
+            uow, timings.heartbeat_interval_s, timings.heartbeat_timeout_s
+        )
         release_probation(uow)
         report.withdrawn = _withdraw_offers(uow, timings)
         report.placed = schedule_pending(uow, ctx)
     return report
 
 
+_EXPIRED = (
+    select(work_units)
+    .where(
+        work_units.c.status == WorkUnitStatus.CLAIMED.value,
+        work_units.c.lease_expires_us < bindparam("b_now"),
+    )
+    .order_by(work_units.c.lease_expires_us)
+    .limit(BATCH)
+)
+
+
 def _expire_leases(uow: UnitOfWork) -> int:
-    rows = uow.conn.execute(
-        select(work_units)
-        .where(
-            work_units.c.status == WorkUnitStatus.CLAIMED.value,
-            work_units.c.lease_expires_us < uow.now_us,
-        )
-        .order_by(work_units.c.lease_expires_us)
-        .limit(BATCH)
-    ).all()
+    rows = uow.conn.execute(_EXPIRED, {"b_now": uow.now_us}).all()
+    lifecycle.expire(uow, rows)
     for row in rows:
-        requeue = row.attempt < row.max_attempts
-        finish_attempt(
-            uow,
-            row,
-            EventType.WORKUNIT_LEASE_EXPIRED,
-            WorkUnitLeaseExpired(node_id=row.node_id, attempt=row.attempt, requeued=requeue),
-            requeue=requeue,
-            error={"reason": "lease_expired", "attempt": row.attempt, "node_id": row.node_id},
-            event_id=f"{row.id}/{row.attempt}/lease_expired",
-        )
         record_outcome(uow, row.node_id, EventType.WORKUNIT_LEASE_EXPIRED)
     return len(rows)
 
 
-def _judge_health(uow: UnitOfWork, t: SweepTimings) -> int:
-    changes = 0
-    for row in uow.conn.execute(
-        select(nodes.c.node_id, nodes.c.health, nodes.c.last_heartbeat_us)
-    ).all():
-        age_s = (uow.now_us - (row.last_heartbeat_us or 0)) / 1_000_000
-        new = health_for(age_s, t.heartbeat_interval_s, t.heartbeat_timeout_s)
-        if new.value == row.health:
-            continue
-        # only heartbeats (and registration) make a node healthy again
-        if new is NodeHealth.HEALTHY:
-            continue
-        if row.health == NodeHealth.UNHEALTHY.value:
-            continue
-        uow.conn.execute(
-            update(nodes).where(nodes.c.node_id == row.node_id).values(health=new.value)
-        )
-        append(
-            uow,
-            [
-                NewEvent(
-                    event_id=new_id("evt"),
-                    type=EventType.NODE_HEALTH_CHANGED,
-                    stream_id=row.node_id,
-                    payload=NodeHealthChanged.model_validate(
-                        {
-                            "node_id": row.node_id,
-                            "from": row.health,
-                            "to": new.value,
-                            "reason": f"no heartbeat for {age_s:.1f}s",
-                            "heartbeat_age_s": round(age_s, 3),
-                        }
-                    ),
-                )
-            ],
-        )
-        apply_health(uow, row.node_id, new)
-        changes += 1
-    return changes
+_NODE_STATES = select(nodes.c.node_id, nodes.c.health, nodes.c.drained, nodes.c.quarantined)
 
 
 def _withdraw_offers(uow: UnitOfWork, t: SweepTimings) -> int:
@@ -127,9 +77,7 @@ def _withdraw_offers(uow: UnitOfWork, t: SweepTimings) -> int:
     the offer timeout, go back to the queue at the same attempt."""
     bad_nodes = {
         r.node_id: "node " + reason
-        for r in uow.conn.execute(
-            select(nodes.c.node_id, nodes.c.health, nodes.c.drained, nodes.c.quarantined)
-        )
+        for r in uow.conn.execute(_NODE_STATES)
         for reason in [
             "unhealthy"
             if r.health == NodeHealth.UNHEALTHY.value
@@ -149,32 +97,7 @@ def _withdraw_offers(uow: UnitOfWork, t: SweepTimings) -> int:
     else:
         query = query.where(stale)
     rows = uow.conn.execute(query.order_by(work_units.c.updated_at_us).limit(BATCH)).all()
-    for row in rows:
-        reason = bad_nodes.get(row.node_id, "offer not claimed in time")
-        uow.conn.execute(
-            update(nodes).where(nodes.c.node_id == row.node_id).values(running=nodes.c.running - 1)
-        )
-        uow.conn.execute(delete(offers).where(offers.c.work_unit_id == row.id))
-        uow.conn.execute(
-            update(work_units)
-            .where(work_units.c.id == row.id)
-            .values(status=WorkUnitStatus.QUEUED.value, node_id=None, updated_at_us=uow.now_us)
-        )
-        adjust_depth(uow, [(queue_key(row.priority, row.tenant_id, row.kind, row.region), 1)])
-        append(
-            uow,
-            [
-                NewEvent(
-                    event_id=new_id("evt"),
-                    type=EventType.WORKUNIT_UNSCHEDULED,
-                    tenant_id=row.tenant_id,
-                    stream_id=row.id,
-                    correlation_id=row.execution_session_id,
-                    payload=WorkUnitUnscheduled(
-                        node_id=row.node_id, attempt=row.attempt, reason=reason
-                    ),
-                )
-            ],
-        )
-        uow.wake(f"unit:{row.id}")
+    lifecycle.unschedule(
+        uow, [(row, bad_nodes.get(row.node_id, "offer not claimed in time")) for row in rows]
+    )
     return len(rows)

@@ -24,8 +24,9 @@ from control_plane.api.deps import (
 from control_plane.api.errors import problem_model, responses
 from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.errors import KrakoError
-from control_plane.fleet import nodes
-from control_plane.units import claims, queries
+from control_plane.fleet import nodes, queries
+from control_plane.units import claims
+from control_plane.units import reports as unit_reports
 from control_plane.units.validation import ensure_storable
 from shared.wire import (
     HeartbeatReply,
@@ -167,7 +168,7 @@ async def reports(
     for item in [*body.completions, *body.failures]:
         ensure_storable(item, "the report")
     done, failed = await run_in_threadpool(
-        claims.report,
+        unit_reports.report,
         db,
         ctx,
         node_id,

@@ -23,8 +23,9 @@ from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
 from control_plane.billing.budget import budget_hook, record_refusal
 from control_plane.errors import BadRequest, KrakoError
 from control_plane.eventlog.wait import wait_for
-from control_plane.units import claims, queries
+from control_plane.units import claims, queries, reports
 from control_plane.units import submit as workunits
+from control_plane.units.cancel import cancel as cancel_unit
 from shared.enums import Priority, WorkUnitKind, WorkUnitStatus
 from shared.wire import (
     MAX_WAIT_S,
@@ -211,7 +212,7 @@ async def unit_events(unit_id: str, p: TenantOrAdmin, db: DbDep) -> WorkUnitEven
 )
 async def cancel(unit_id: str, p: TenantOrAdmin, db: DbDep, ctx: CtxDep) -> WorkUnit:
     by = f"tenant:{p.tenant_id}" if p.tenant_id else "admin"
-    return await run_in_threadpool(workunits.cancel, db, ctx, unit_id, p.tenant_id, by)
+    return await run_in_threadpool(cancel_unit, db, ctx, unit_id, p.tenant_id, by)
 
 
 @router.post(
@@ -250,7 +251,7 @@ async def llm_invocation(
     unit_id: str, body: LlmInvocationReport, p: NodeP, db: DbDep, response: Response
 ) -> LlmInvocationAccepted:
     assert p.node_id is not None
-    status, reply = await run_in_threadpool(claims.record_invocation, db, p.node_id, unit_id, body)
+    status, reply = await run_in_threadpool(reports.record_invocation, db, p.node_id, unit_id, body)
     response.status_code = status
     return reply
 
@@ -267,7 +268,7 @@ async def complete(
     unit_id: str, body: CompleteRequest, p: NodeP, db: DbDep, ctx: CtxDep
 ) -> WorkUnit:
     assert p.node_id is not None
-    return await run_in_threadpool(claims.complete, db, ctx, p.node_id, unit_id, body)
+    return await run_in_threadpool(reports.complete, db, ctx, p.node_id, unit_id, body)
 
 
 @router.post(
@@ -280,4 +281,4 @@ async def complete(
 )
 async def fail(unit_id: str, body: FailRequest, p: NodeP, db: DbDep, ctx: CtxDep) -> WorkUnit:
     assert p.node_id is not None
-    return await run_in_threadpool(claims.fail, db, ctx, p.node_id, unit_id, body)
+    return await run_in_threadpool(reports.fail, db, ctx, p.node_id, unit_id, body)
