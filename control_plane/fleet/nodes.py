@@ -17,7 +17,7 @@ from control_plane.scheduling.scheduler import SchedulerContext, schedule_pendin
 from control_plane.units import lifecycle
 from control_plane.units.rows import dumps
 from shared.enums import NodeHealth
-from shared.events import NewEvent, NodeDrained, NodeRegistered
+from shared.events import NodeDrained, NodeRegistered
 from shared.wire import HeartbeatReply, HeartbeatRequest, NodeRegister
 
 
@@ -90,10 +90,8 @@ def heartbeat(db: Database, node_id: str, body: HeartbeatRequest, lease_s: float
                 health=NodeHealth.HEALTHY.value,
             )
         )
-        events: list[NewEvent] = []
         if node.health != NodeHealth.HEALTHY.value:
-            events.append(health.changed(node_id, node.health, "healthy", "heartbeat received"))
-        emit_all(uow, events)
+            emit_all(uow, [health.changed(node_id, node.health, "healthy", "heartbeat received")])
         renewed = lifecycle.renew_leases(uow, node_id, running, lease_s)
         held = set(renewed)
         revoked = [u for u in running if u not in held]

@@ -1,1 +1,2 @@
-"""The work-unit aggregate: its lifecycle, submit, claims, reports, the sweep, queries."""
+"""The work-unit aggregate: its lifecycle (the one writer of unit state), submit, cancel,
+claims, reports, the sweep, queries and rows."""
