@@ -74,9 +74,9 @@ from shared.events import (
 )
 from shared.wire import WorkUnitSubmit
 
-QUEUED = WorkUnitStatus.QUEUED.value
-SCHEDULED = WorkUnitStatus.SCHEDULED.value
-CLAIMED = WorkUnitStatus.CLAIMED.value
+_QUEUED = WorkUnitStatus.QUEUED.value
+_SCHEDULED = WorkUnitStatus.SCHEDULED.value
+_CLAIMED = WorkUnitStatus.CLAIMED.value
 
 # --------------------------------------------------------------------------- counters
 
@@ -190,7 +190,7 @@ def enqueue(uow: UnitOfWork, tenant_id: str, units: Sequence[NewUnit]) -> None:
                 "priority": u.item.priority.level,
                 "region": u.item.region,
                 "payload": dumps(u.item.payload),
-                "status": QUEUED,
+                "status": _QUEUED,
                 "attempt": 1,
                 "max_attempts": u.item.max_attempts,
                 "created_at_us": uow.now_us,
@@ -216,9 +216,9 @@ def enqueue(uow: UnitOfWork, tenant_id: str, units: Sequence[NewUnit]) -> None:
 
 _SET_SCHEDULED = (
     update(work_units)
-    .where(work_units.c.id == bindparam("b_id"), work_units.c.status == QUEUED)
+    .where(work_units.c.id == bindparam("b_id"), work_units.c.status == _QUEUED)
     .values(
-        status=SCHEDULED,
+        status=_SCHEDULED,
         node_id=bindparam("b_node"),
         offered_to=bindparam("b_offered"),
         updated_at_us=bindparam("b_now"),
@@ -329,11 +329,11 @@ _SET_CLAIMED = (
     update(work_units)
     .where(
         work_units.c.id == bindparam("b_id"),
-        work_units.c.status == SCHEDULED,
+        work_units.c.status == _SCHEDULED,
         work_units.c.attempt == bindparam("b_attempt"),
     )
     .values(
-        status=CLAIMED,
+        status=_CLAIMED,
         node_id=bindparam("b_node"),
         claim_token=bindparam("b_token"),
         lease_expires_us=bindparam("b_lease"),
@@ -415,7 +415,7 @@ def claim(uow: UnitOfWork, rows: Sequence[Row[Any]], node_id: str, lease_s: floa
 _SET_UNSCHEDULED = (
     update(work_units)
     .where(work_units.c.id == bindparam("b_id"))
-    .values(status=QUEUED, node_id=None, updated_at_us=bindparam("b_now"))
+    .values(status=_QUEUED, node_id=None, updated_at_us=bindparam("b_now"))
 )
 
 
@@ -450,14 +450,14 @@ def unschedule(uow: UnitOfWork, withdrawn: Sequence[tuple[Row[Any], str]]) -> No
 _HELD = select(work_units.c.id).where(
     work_units.c.id.in_(bindparam("b_ids", expanding=True)),
     work_units.c.node_id == bindparam("b_node"),
-    work_units.c.status == CLAIMED,
+    work_units.c.status == _CLAIMED,
 )
 _RENEW = (
     update(work_units)
     .where(
         work_units.c.id.in_(bindparam("b_ids", expanding=True)),
         work_units.c.node_id == bindparam("b_node"),
-        work_units.c.status == CLAIMED,
+        work_units.c.status == _CLAIMED,
     )
     .values(lease_expires_us=bindparam("b_lease"))
 )
@@ -590,7 +590,7 @@ def _end_attempts(uow: UnitOfWork, ended: Sequence[_Ended]) -> None:
         [
             {
                 "b_id": row.id,
-                "b_status": QUEUED if payload.requeued else WorkUnitStatus.FAILED.value,
+                "b_status": _QUEUED if payload.requeued else WorkUnitStatus.FAILED.value,
                 "b_attempt": row.attempt + 1 if payload.requeued else row.attempt,
                 "b_node": None if payload.requeued else row.node_id,
                 "b_error": dumps(error),
