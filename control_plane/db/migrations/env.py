@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from control_plane.db.tables import metadata
+from control_plane.db.models import metadata
 
 config = context.config
 
