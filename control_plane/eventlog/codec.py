@@ -23,6 +23,7 @@ never raising), for callers that hold a type and a payload text.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +52,7 @@ _PREFIX: dict[str, str] = {
 }
 
 _MAX_SHOWN = 80
+_POSITION = re.compile(r" at line \d+ column \d+$")
 
 
 class MalformedPayload(ValueError):
@@ -102,7 +104,9 @@ def _reason(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_context=False):
         if error["type"] == "json_invalid":
-            parts.append(f"payload is not valid JSON ({error['msg']})")
+            # the position is in the spliced document, not in the stored text: leave it out
+            detail = _POSITION.sub("", error["msg"].removeprefix("Invalid JSON: "))
+            parts.append(f"payload is not valid JSON ({detail})")
             continue
         # the location starts with the union's tag and "payload"
         where = _where(tuple(error["loc"][2:]))
