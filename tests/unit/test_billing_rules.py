@@ -194,6 +194,11 @@ def test_stale_claim_invocations_are_not_billed() -> None:
 
 def test_invocations_are_not_billed_in_completion_mode() -> None:
     assert lines_for_event(invoked(1, 1000, 500), COMPLETION_ONLY) == []
+    # not even read there: one that cannot be priced is not an unbillable event in this mode
+    unpriced = tampered(invoked(2, 1000, 500), lambda p: p.pop("pricing"))
+    assert lines_for_event(unpriced, COMPLETION_ONLY) == []
+    with pytest.raises(InvalidBillableEvent, match="pricing: Field required"):
+        lines_for_event(unpriced, INVOCATION_ONLY)
 
 
 def test_completion_mode_bills_each_usage_entry_under_its_own_key() -> None:

@@ -276,3 +276,24 @@ def test_switching_llm_billing_to_completions() -> None:
     ]  # fmt: skip
     assert str(state.wallet("acme").total_usd) == "0.001450"
     assert find_anomalies(log.events, state.ledger()) == []
+
+
+def test_the_digest_of_a_worked_log_is_pinned() -> None:
+    """A change of rule, rounding, canonical form or event reading shows here first: this log's
+    digest was computed before events were typed (from plain payload dicts), and replay
+    digests of existing logs must not move."""
+    log = Log()
+    log.completed("wu_cpu_1", 1234)
+    log.completed("wu_cpu_2", 2500)
+    log.completed("wu_cpu_3", 0)
+    log.invoked("wu_llm_1", "gpt-4o", 2000, 1000)
+    log.invoked("wu_llm_1", "gpt-4.1-nano", 100, 50)
+    log.completed("wu_llm_1", 812, usage=[("gpt-4o", 2000, 1000)])
+    log.invoked("wu_llm_2", "gpt-4o-mini", 1000, 500, stale=True)
+    log.invoked("wu_llm_2", "gpt-4o-mini", 1000, 500)
+    log.policy(BillingPolicy(bill_llm_from_workunit_completed=True, bill_llm_from_invocation=False))
+    log.completed("wu_llm_2", 100, usage=[("gpt-4o-mini", 1000, 500)])
+    log.completed("wu_other", 20000, tenant="globex")
+    assert project(log.events).digest() == (
+        "0fd600a3c237dc0b27756717fd4a26b8e10a8de6c683ac1272d283f83abbc744"
+    )

@@ -406,10 +406,10 @@ def lines_for_event(event: LogEvent[Payload], policy: BillingPolicy) -> list[Led
     payload = event.payload
     if isinstance(payload, WorkUnitCompleted):
         return _lines_for_completed(event, payload, policy)
+    if event.type == EventType.LLM_INVOCATION_COMPLETED and not policy.bill_llm_from_invocation:
+        return []  # not billed from here under this policy, readable or not
     if isinstance(payload, LlmInvocationCompleted):
-        if not policy.bill_llm_from_invocation or payload.stale_claim:
-            return []
-        return [invocation_line(event)]
+        return [] if payload.stale_claim else [invocation_line(event)]
     if event.type in BILLABLE_TYPES:
         raise _unreadable(event)
     return []
