@@ -12,6 +12,12 @@ Lines:
   usd_per_1m_out / 10^6``. A stale-claim invocation is platform cost, never a tenant line.
 - Every other event gives no line.
 
+Events arrive typed (``shared.events.LogEvent``: the codec validated each payload against its
+type's model, with strict types). A billable event whose payload did not validate, or that lacks
+what its line needs (a tenant, non-negative counts, rates that parse, a model name), raises
+``InvalidBillableEvent``; the projection keeps it aside and the anomaly checker reports it as
+``unbillable_event``. An invocation the policy in force does not bill from is not read at all.
+
 Prices come only from the event's ``pricing`` stamp (never from a table or settings), and the
 line's ``pricing`` repeats them so any line can be recomputed from itself (``recompute_amount``).
 
