@@ -2,18 +2,34 @@
 
 An event is an envelope (``seq``, ``event_id``, ``type``, ``tenant_id``, ``stream_id``,
 ``payload``, ``recorded_at``, ``causation_id``, ``correlation_id``) around a payload whose
-schema is fixed by its type. ``PAYLOADS`` maps each type name to its payload model.
-Payload models allow extra keys so that a reader built against an older schema can still
-read a newer log.
+schema is fixed by its type. ``PAYLOADS`` maps each type name to its payload model (one model
+per type, so the model's class names the type: ``EVENT_TYPE_OF``). Payload models allow extra
+keys so that a reader built against an older schema can still read a newer log.
+
+Three shapes of an event:
+
+- ``NewEvent``: an event to append, its payload a model (built by ``eventlog.emit``);
+- ``LogEvent[P]``: a stored event as the control plane reads it, its payload validated into its
+  model ``P`` (readers narrow it with ``isinstance``/``match`` on the payload's class);
+- ``Event``: the wire form ``GET /v1/events`` returns, its payload a plain JSON object.
+
+``TaggedPayload`` is the pydantic discriminated union of every payload model, keyed by the
+event type: it validates ``{"type": <event type>, "payload": {...}}`` into the model of that
+type in one pass (``control_plane.eventlog.codec`` holds its ``TypeAdapter``). A row whose type
+this reader does not know reads as an ``UnknownPayload``; one whose payload does not validate
+against its model as an ``UnreadablePayload`` (with the reason), so a reader of a batch never
+fails on one bad row and decides itself what a bad row means to it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 from shared.enums import CapacityMode, NodeHealth, Priority, WorkUnitKind
 
@@ -45,7 +61,13 @@ class EventType(StrEnum):
 
 
 class Payload(BaseModel):
+    """Base of every payload model."""
+
     model_config = ConfigDict(extra="allow")
+
+    def to_json_object(self) -> dict[str, Any]:
+        """The payload as the JSON object the log stores (field aliases such as ``from``)."""
+        return self.model_dump(mode="json", by_alias=True)
 
 
 class TenantCreated(Payload):
@@ -144,9 +166,14 @@ class LlmInvocationCompleted(Payload):
     estimated_cost_usd: str
     pricing: TokenPricing
     stale_claim: bool = False
+    execution_session_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The unit's session, for a log whose envelope carries no ``correlation_id`` (billing
+    falls back to it); the control plane puts the session in ``correlation_id`` instead."""
 
 
 class LlmUsage(Payload):
+    """One model's tokens in a unit's ``llm_usage``, with the price in force when it ran."""
+
     model: str
     tokens_in: int
     tokens_out: int
@@ -164,6 +191,8 @@ class WorkUnitCompleted(Payload):
     result: Any = None
     pricing: CpuPricing
     llm_usage: list[LlmUsage] = Field(default_factory=list)
+    execution_session_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """As ``LlmInvocationCompleted.execution_session_id``."""
 
 
 class WorkUnitFailed(Payload):
@@ -205,10 +234,15 @@ class NodeRegistered(Payload):
 
 
 class NodeDrained(Payload):
+    """An admin drained the node: it gets no new work (what it holds runs to the end)."""
+
     node_id: str
 
 
 class NodeHealthChanged(Payload):
+    """The node's health, derived from heartbeat freshness, moved ``from`` one value ``to``
+    another."""
+
     node_id: str
     from_: NodeHealth = Field(alias="from")
     to: NodeHealth
@@ -217,6 +251,10 @@ class NodeHealthChanged(Payload):
 
 
 class TrustScoreChanged(Payload):
+    """The node's trust score moved enough to report (or its quarantine flipped); ``reason``
+    is the event type that moved it, or ``probation`` / ``manual`` for a change that is not
+    derived from other events (replay adopts those)."""
+
     node_id: str
     from_: float = Field(alias="from")
     to: float
@@ -226,6 +264,8 @@ class TrustScoreChanged(Payload):
 
 
 class CapacityScaleRequested(Payload):
+    """The autoscaler asked for a different node count; ``inputs`` are the metrics behind it."""
+
     from_: int = Field(alias="from")
     to: int
     reason: str
@@ -234,6 +274,9 @@ class CapacityScaleRequested(Payload):
 
 
 class CapacityAdmissionModeChanged(Payload):
+    """The admission mode changed (``source`` autoscaler or manual; a manual override may
+    carry a ``ttl_s``)."""
+
     from_: CapacityMode = Field(alias="from")
     to: CapacityMode
     reason: str
@@ -244,6 +287,8 @@ class CapacityAdmissionModeChanged(Payload):
 
 
 class CapacityOverrideCleared(Payload):
+    """A manual mode override ended (cleared by an admin, or its TTL ran out)."""
+
     reason: str
 
 
@@ -266,6 +311,8 @@ class BillingPriceChanged(Payload):
 
 
 class BillingBudgetSet(Payload):
+    """An admin set (or, with ``None``, removed) a tenant's budget."""
+
     tenant_id: str
     budget_usd: str | None
 
@@ -323,6 +370,47 @@ def payload_type(event_type: str) -> type[Payload] | None:
         return None
 
 
+class UnknownPayload(Payload):
+    """The payload of an event type this reader does not know (a log written by a newer
+    version): kept as read, never validated. No reader acts on it; it has no event type of its
+    own, so it can never be appended."""
+
+    raw: dict[str, Any]
+
+    def to_json_object(self) -> dict[str, Any]:
+        return self.raw
+
+
+class UnreadablePayload(Payload):
+    """A stored payload that does not validate against its type's model: ``raw`` is what was
+    read (the parsed JSON, or the text when it is not JSON), ``error`` says why it does not
+    validate. The reader that needs the event decides what that means (billing reports an
+    unreadable billable event as ``unbillable_event``). It can never be appended."""
+
+    raw: Any
+    error: str
+
+    def to_json_object(self) -> dict[str, Any]:
+        return self.raw if isinstance(self.raw, dict) else {}
+
+
+def _tagged(event_type: EventType, model: type[Payload]) -> Any:
+    # One member of the union: {"type": <this event type>, "payload": <its model>}. A TypedDict,
+    # not a model, so that validating through it costs nothing beyond the payload itself.
+    literal = cast(Any, Literal)[event_type.value]
+    return cast(Any, TypedDict)(f"{model.__name__}Tagged", {"type": literal, "payload": model})
+
+
+TaggedPayload: Any = cast(Any, Annotated)[
+    cast(Any, Union)[tuple(_tagged(kind, model) for kind, model in PAYLOADS.items())],
+    Field(discriminator="type"),
+]
+"""The discriminated union of every payload model, keyed by the event type: validates
+``{"type": "workunit.completed", "payload": {...}}`` into ``{"type": ..., "payload":
+WorkUnitCompleted(...)}``, dispatching on ``type`` in pydantic-core (one validation, of that
+type's model only). Built from ``PAYLOADS``, so a new event type is in it by construction."""
+
+
 class NewEvent(BaseModel):
     """An event to append. ``event_id`` makes the append idempotent."""
 
@@ -369,3 +457,72 @@ class Event(BaseModel):
             ]
         }
     )
+
+
+P_co = TypeVar("P_co", bound=Payload, covariant=True)
+P = TypeVar("P", bound=Payload)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent(Generic[P_co]):
+    """A stored event as the control plane reads it: the envelope of ``Event``, with the
+    payload validated into its model (``LogEvent[WorkUnitCompleted]``; readers of mixed events
+    take ``LogEvent[Payload]`` and narrow on the payload's class). A row of a type this version
+    does not know has an ``UnknownPayload``; one whose payload does not validate an
+    ``UnreadablePayload``. ``type`` is the stored type name (a plain string, since a newer log
+    may hold types this version does not know).
+
+    Built by ``control_plane.eventlog.codec`` from a row (one validation) and by ``append`` from
+    the model it was given (none); ``of`` builds one from a payload (tests, pure callers).
+    ``to_wire`` gives the ``Event`` of ``GET /v1/events``.
+    """
+
+    seq: int
+    event_id: str
+    type: str
+    tenant_id: str | None
+    stream_id: str
+    payload: P_co
+    recorded_at: datetime
+    causation_id: str | None = None
+    correlation_id: str | None = None
+
+    @staticmethod
+    def of(
+        payload: P,
+        *,
+        seq: int,
+        event_id: str,
+        stream_id: str,
+        recorded_at: datetime,
+        tenant_id: str | None = None,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> LogEvent[P]:
+        """The stored event of ``payload``, its type derived from the payload's class."""
+        return LogEvent(
+            seq=seq,
+            event_id=event_id,
+            type=event_type_of(payload).value,
+            tenant_id=tenant_id,
+            stream_id=stream_id,
+            payload=payload,
+            recorded_at=recorded_at,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+        )
+
+    def to_wire(self) -> Event:
+        """The wire form: the same envelope, the payload as the JSON object the log stores
+        (for an event this version wrote, exactly the stored one)."""
+        return Event.model_construct(
+            seq=self.seq,
+            event_id=self.event_id,
+            type=self.type,
+            tenant_id=self.tenant_id,
+            stream_id=self.stream_id,
+            payload=self.payload.to_json_object(),
+            recorded_at=self.recorded_at,
+            causation_id=self.causation_id,
+            correlation_id=self.correlation_id,
+        )

@@ -21,9 +21,8 @@ from control_plane.db.engine import Database
 from control_plane.db.tables import tenants
 from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.errors import BudgetExhausted, KrakoError, NotFound
-from control_plane.eventlog.store import append
-from control_plane.ids import new_id
-from shared.events import BillingBudgetRefused, BillingBudgetSet, EventType, NewEvent
+from control_plane.eventlog.emit import emit
+from shared.events import BillingBudgetRefused, BillingBudgetSet
 from shared.money import format_usd, from_micros, to_micros
 from shared.wire import BudgetReply
 
@@ -70,17 +69,11 @@ def budget_hook(uow: UnitOfWork, tenant_id: str, fresh: Sequence[Any]) -> None:
 
 def record_refusal(uow: UnitOfWork, tenant_id: str, exc: KrakoError) -> None:
     """The refusal itself is an event, so every refusal is explainable from the log."""
-    append(
+    emit(
         uow,
-        [
-            NewEvent(
-                event_id=new_id("evt"),
-                type=EventType.BILLING_BUDGET_REFUSED,
-                tenant_id=tenant_id,
-                stream_id=tenant_id,
-                payload=BillingBudgetRefused(tenant_id=tenant_id, **exc.extra),
-            )
-        ],
+        BillingBudgetRefused(tenant_id=tenant_id, **exc.extra),
+        stream_id=tenant_id,
+        tenant_id=tenant_id,
     )
 
 
@@ -92,20 +85,14 @@ def set_budget(db: Database, tenant_id: str, budget: Decimal | None) -> BudgetRe
         )
         if result.rowcount == 0:
             raise NotFound(f"tenant {tenant_id} not found")
-        append(
+        emit(
             uow,
-            [
-                NewEvent(
-                    event_id=new_id("evt"),
-                    type=EventType.BILLING_BUDGET_SET,
-                    tenant_id=tenant_id,
-                    stream_id=tenant_id,
-                    payload=BillingBudgetSet(
-                        tenant_id=tenant_id,
-                        budget_usd=format_usd(budget) if budget is not None else None,
-                    ),
-                )
-            ],
+            BillingBudgetSet(
+                tenant_id=tenant_id,
+                budget_usd=format_usd(budget) if budget is not None else None,
+            ),
+            stream_id=tenant_id,
+            tenant_id=tenant_id,
         )
         catch_up_in(uow)
         committed = uow.conn.execute(

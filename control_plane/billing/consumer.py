@@ -37,9 +37,9 @@ from control_plane.db.tables import ledger_entries, tenants, wallets, work_units
 from control_plane.db.uow import UnitOfWork
 from control_plane.eventlog.checkpoints import get_checkpoint
 from control_plane.eventlog.projection import Projection, fold_in, run_until_caught_up
-from control_plane.eventlog.store import dt_to_us, read_after, us_to_dt
+from control_plane.eventlog.store import dt_to_us, read_after_typed, us_to_dt
 from shared.enums import LineItemType
-from shared.events import Event, EventType
+from shared.events import EventType, LogEvent, Payload, WorkUnitFailed, WorkUnitLeaseExpired
 from shared.money import from_micros, to_micros
 from shared.wire import LedgerEntry
 
@@ -49,11 +49,15 @@ _TERMINAL = {
     EventType.WORKUNIT_COMPLETED.value,
     EventType.WORKUNIT_CANCELLED.value,
 }
+_ENDS_UNLESS_REQUEUED = {
+    EventType.WORKUNIT_FAILED.value,
+    EventType.WORKUNIT_LEASE_EXPIRED.value,
+}
 
 
 def policy_as_of(conn: Connection, seq: int) -> BillingPolicy:
     policy = DEFAULT_POLICY
-    for event in read_after(
+    for event in read_after_typed(
         conn, 0, 100_000, types=[EventType.BILLING_POLICY_CHANGED.value], before=seq + 1
     ):
         policy = fold_policy(policy, event)
@@ -193,17 +197,21 @@ _RELEASE = (
 )
 
 
-def _release_commitments(uow: UnitOfWork, events: Sequence[Event]) -> None:
+def _terminal(event: LogEvent[Payload]) -> bool:
+    """Whether ``event`` ends its unit: completed, cancelled, or failed / expired without being
+    requeued (a failure or expiry whose payload is unreadable counts as not requeued, as one
+    without ``requeued`` always did)."""
+    if event.type in _TERMINAL:
+        return True
+    if event.type not in _ENDS_UNLESS_REQUEUED:
+        return False
+    payload = event.payload
+    return not (isinstance(payload, WorkUnitFailed | WorkUnitLeaseExpired) and payload.requeued)
+
+
+def _release_commitments(uow: UnitOfWork, events: Sequence[LogEvent[Payload]]) -> None:
     """Units that reached a terminal state no longer count against their tenant's budget."""
-    done = [
-        e.stream_id
-        for e in events
-        if e.type in _TERMINAL
-        or (
-            e.type in (EventType.WORKUNIT_FAILED.value, EventType.WORKUNIT_LEASE_EXPIRED.value)
-            and not e.payload.get("requeued", False)
-        )
-    ]
+    done = [e.stream_id for e in events if _terminal(e)]
     if not done:
         return
     rows = uow.conn.execute(
@@ -220,7 +228,7 @@ def _release_commitments(uow: UnitOfWork, events: Sequence[Event]) -> None:
         )
 
 
-def handle(uow: UnitOfWork, events: Sequence[Event]) -> None:
+def handle(uow: UnitOfWork, events: Sequence[LogEvent[Payload]]) -> None:
     """Fold ``events`` (the batch past the checkpoint, in seq order; the caller moves the
     checkpoint to the last one in the same transaction)."""
     policy = policy_as_of(uow.conn, events[0].seq - 1)
@@ -383,16 +391,15 @@ def spent_micros(conn: Connection, tenant_id: str) -> int:
 
 
 def events_upto(
-    conn: Connection, upto: int, types: frozenset[str] | None = None
-) -> Iterable[Event]:
-    """Events with seq <= upto (of ``types`` only, when given), streamed in bounded seq
-    windows so that a typed read stays an index range scan (replay reads only the log)."""
+    conn: Connection, upto: int, types: frozenset[str] | None = None, after: int = 0
+) -> Iterator[LogEvent[Payload]]:
+    """Typed events with ``after < seq <= upto`` (of ``types`` only, when given), streamed in
+    bounded seq windows so that a read filtered by type stays an index range scan."""
     window = 10_000
     wanted = sorted(types) if types is not None else None
-    after = 0
     while after < upto:
         end = min(upto, after + window)
-        yield from read_after(conn, after, window + 1, types=wanted, before=end + 1)
+        yield from read_after_typed(conn, after, window + 1, types=wanted, before=end + 1)
         after = end
 
 

@@ -23,16 +23,8 @@ from control_plane.billing.domain.pricing import cpu_stamp as _cpu_stamp
 from control_plane.billing.domain.pricing import token_stamp as _token_stamp
 from control_plane.db.tables import billing_policy, prices
 from control_plane.db.uow import UnitOfWork
-from control_plane.eventlog.store import append
-from control_plane.ids import new_id
-from shared.events import (
-    BillingPolicyChanged,
-    BillingPriceChanged,
-    CpuPricing,
-    EventType,
-    NewEvent,
-    TokenPricing,
-)
+from control_plane.eventlog.emit import emit
+from shared.events import BillingPolicyChanged, BillingPriceChanged, CpuPricing, TokenPricing
 
 
 class PricingMissing(RuntimeError):
@@ -102,34 +94,14 @@ def _write_policy(uow: UnitOfWork, policy: BillingPolicy, table: PriceTable) -> 
     payload = policy_changed_payload(policy, table)
     uow.conn.execute(delete(billing_policy))
     uow.conn.execute(billing_policy.insert().values(id=1, **payload))
-    append(
-        uow,
-        [
-            NewEvent(
-                event_id=new_id("evt"),
-                type=EventType.BILLING_POLICY_CHANGED,
-                stream_id="billing",
-                payload=BillingPolicyChanged.model_validate(payload),
-            )
-        ],
-    )
+    emit(uow, BillingPolicyChanged.model_validate(payload), stream_id="billing")
 
 
 def set_model_price(uow: UnitOfWork, table: PriceTable, model: str) -> None:
     payload = price_changed_payload(table, model)
     uow.conn.execute(delete(prices).where(prices.c.model == model))
     uow.conn.execute(prices.insert().values(**payload))
-    append(
-        uow,
-        [
-            NewEvent(
-                event_id=new_id("evt"),
-                type=EventType.BILLING_PRICE_CHANGED,
-                stream_id="billing",
-                payload=BillingPriceChanged.model_validate(payload),
-            )
-        ],
-    )
+    emit(uow, BillingPriceChanged.model_validate(payload), stream_id="billing")
 
 
 def ensure_billing(

@@ -3,7 +3,8 @@ alone and compare the digest (``canonical.digest``) with the live state's, in on
 read, in memory proportional to the number of tenants rather than to the log.
 
 - From zero: every event up to the billing consumer's checkpoint is folded with the pure rules
-  (``projection.bill_events``, ``wallets.fold_wallets``), chunk by chunk; the canonical lines
+  (``projection.bill_events``, ``wallets.fold_wallets``), chunk by chunk (only the billable
+  events and the policy changes are read, typed: no other event gives a line); the canonical lines
   are hashed as they come (they come in ledger order: seq by seq, each event's lines sorted).
   This is ``projection.verify_replay`` without holding the log or the ledger in memory; a test
   checks that both give the same digests.
@@ -35,15 +36,20 @@ from control_plane.billing import consumer as store
 from control_plane.billing.domain.canonical import canonical_line, ledger_order, wallets_jsonl
 from control_plane.billing.domain.policy import DEFAULT_POLICY, BillingPolicy
 from control_plane.billing.domain.projection import bill_events
-from control_plane.billing.domain.rules import LedgerLine, LineKey
+from control_plane.billing.domain.rules import BILLABLE_TYPES, LedgerLine, LineKey
 from control_plane.billing.domain.wallets import WalletState, fold_wallets
 from control_plane.billing.export import LedgerSink, SinkOutcome
 from control_plane.billing.snapshots import latest_snapshot
 from control_plane.db.engine import Database
-from control_plane.eventlog.store import read_after
+from control_plane.eventlog.store import count_between
+from shared.events import EventType, LogEvent, Payload
 from shared.wire import ReplayReport
 
 CHUNK = 5000
+
+REPLAY_TYPES = BILLABLE_TYPES | {EventType.BILLING_POLICY_CHANGED.value}
+"""What the rebuild reads: the billable events and the policy; every other event gives no
+line and changes no policy, so it is counted (``events_replayed``) but not read."""
 
 
 class _Hasher:
@@ -137,25 +143,34 @@ def _fold_log(
     upto: int,
 ) -> tuple[dict[str, WalletState], int]:
     """Fold the events in ``(after, upto]`` into ``h`` and ``wallets``; returns the wallets
-    and how many events were folded."""
-    folded = 0
-    while True:
-        events = read_after(conn, after, CHUNK, before=upto + 1)
-        if not events:
-            return wallets, folded
-        result = bill_events(policy, events, after)
-        policy = result.policy
-        folded += result.events_folded
-        after = result.last_seq
-        seen: set[LineKey] = set()
-        new: list[LedgerLine] = []
-        for line in result.lines:
-            if line.key not in seen:
-                seen.add(line.key)
-                new.append(line)
-        new.sort(key=ledger_order)
-        h.add(new)
-        wallets = fold_wallets(wallets, new)
+    and how many events were folded (every event of the range, read or not)."""
+    chunk: list[LogEvent[Payload]] = []
+    for event in store.events_upto(conn, upto, REPLAY_TYPES, after):
+        chunk.append(event)
+        if len(chunk) == CHUNK:
+            policy, wallets = _fold_chunk(h, policy, wallets, chunk)
+            chunk = []
+    if chunk:
+        policy, wallets = _fold_chunk(h, policy, wallets, chunk)
+    return wallets, count_between(conn, after, upto)
+
+
+def _fold_chunk(
+    h: _Hasher,
+    policy: BillingPolicy,
+    wallets: dict[str, WalletState],
+    events: list[LogEvent[Payload]],
+) -> tuple[BillingPolicy, dict[str, WalletState]]:
+    result = bill_events(policy, events)
+    seen: set[LineKey] = set()
+    new: list[LedgerLine] = []
+    for line in result.lines:
+        if line.key not in seen:
+            seen.add(line.key)
+            new.append(line)
+    new.sort(key=ledger_order)
+    h.add(new)
+    return result.policy, fold_wallets(wallets, new)
 
 
 def replay_in(conn: Connection, upto: int, from_snapshot: bool = False) -> tuple[str, ReplayResult]:

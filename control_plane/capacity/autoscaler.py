@@ -57,12 +57,12 @@ from control_plane.capacity.controller import (
 from control_plane.db.engine import Database
 from control_plane.db.tables import capacity_state, events, nodes, queue_depth, work_units
 from control_plane.db.uow import UnitOfWork, write_transaction
-from control_plane.eventlog.store import append, us_to_dt
-from control_plane.ids import new_id
+from control_plane.eventlog.emit import emit
+from control_plane.eventlog.store import us_to_dt
 from control_plane.settings import Settings
 from control_plane.units.queries import depth_by_priority
 from shared.enums import CapacityMode, NodeHealth, WorkUnitStatus
-from shared.events import CapacityScaleRequested, EventType, NewEvent
+from shared.events import CapacityScaleRequested, EventType
 
 __all__ = [
     "LEASE_NAME",
@@ -341,25 +341,10 @@ def _last_mode_event(conn: Connection) -> tuple[int, str]:
 
 def _request_scale(uow: UnitOfWork, decision: ScaleRequest, holder: str) -> ScaleAction:
     inputs = {**decision.inputs, "replica": holder}
-    payload = CapacityScaleRequested.model_validate(
-        {
-            "from": decision.from_nodes,
-            "to": decision.to_nodes,
-            "reason": decision.reason,
-            "inputs": inputs,
-        }
+    payload = CapacityScaleRequested(
+        from_=decision.from_nodes, to=decision.to_nodes, reason=decision.reason, inputs=inputs
     )
-    (stored,) = append(
-        uow,
-        [
-            NewEvent(
-                event_id=new_id("evt"),
-                type=EventType.CAPACITY_SCALE_REQUESTED,
-                stream_id="capacity",
-                payload=payload,
-            )
-        ],
-    )
+    stored = emit(uow, payload, stream_id="capacity")
     uow.conn.execute(
         update(capacity_state)
         .where(capacity_state.c.id == 1)

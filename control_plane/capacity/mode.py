@@ -10,16 +10,10 @@ from sqlalchemy import Connection, func, select, update
 from control_plane.db.engine import Database
 from control_plane.db.tables import capacity_state, nodes, work_units
 from control_plane.db.uow import UnitOfWork, write_transaction
-from control_plane.eventlog.store import append
-from control_plane.ids import new_id
+from control_plane.eventlog.emit import emit
 from control_plane.units.queries import depth_by_priority
 from shared.enums import CapacityMode, NodeHealth, WorkUnitStatus
-from shared.events import (
-    CapacityAdmissionModeChanged,
-    CapacityOverrideCleared,
-    EventType,
-    NewEvent,
-)
+from shared.events import CapacityAdmissionModeChanged, CapacityOverrideCleared
 from shared.wire import CapacityReport
 
 _MODE = select(capacity_state.c.mode).where(capacity_state.c.id == 1)
@@ -65,25 +59,12 @@ def change_mode(
         .where(capacity_state.c.id == 1)
         .values(mode=to.value, mode_since_us=uow.now_us)
     )
-    append(
+    emit(
         uow,
-        [
-            NewEvent(
-                event_id=new_id("evt"),
-                type=EventType.CAPACITY_ADMISSION_MODE_CHANGED,
-                stream_id="capacity",
-                payload=CapacityAdmissionModeChanged.model_validate(
-                    {
-                        "from": old.value,
-                        "to": to.value,
-                        "reason": reason,
-                        "source": source,
-                        "inputs": inputs,
-                        "ttl_s": ttl_s,
-                    }
-                ),
-            )
-        ],
+        CapacityAdmissionModeChanged(
+            from_=old, to=to, reason=reason, source=source, inputs=inputs, ttl_s=ttl_s
+        ),
+        stream_id="capacity",
     )
     uow.wake("queue", "capacity")
     return True
@@ -119,17 +100,7 @@ def _clear(uow: UnitOfWork, reason: str) -> bool:
         .where(capacity_state.c.id == 1)
         .values(override_active=False, override_until_us=None)
     )
-    append(
-        uow,
-        [
-            NewEvent(
-                event_id=new_id("evt"),
-                type=EventType.CAPACITY_OVERRIDE_CLEARED,
-                stream_id="capacity",
-                payload=CapacityOverrideCleared(reason=reason),
-            )
-        ],
-    )
+    emit(uow, CapacityOverrideCleared(reason=reason), stream_id="capacity")
     return True
 
 

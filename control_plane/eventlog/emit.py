@@ -13,11 +13,14 @@ a fresh time-ordered id is used.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar, cast
 
 from control_plane.db.uow import UnitOfWork
 from control_plane.eventlog.store import append
 from control_plane.ids import new_id
-from shared.events import Event, NewEvent, Payload, event_type_of
+from shared.events import LogEvent, NewEvent, Payload, event_type_of
+
+P = TypeVar("P", bound=Payload)
 
 
 def event(
@@ -43,16 +46,17 @@ def event(
 
 def emit(
     uow: UnitOfWork,
-    payload: Payload,
+    payload: P,
     *,
     stream_id: str,
     tenant_id: str | None = None,
     event_id: str | None = None,
     correlation_id: str | None = None,
     causation_id: str | None = None,
-) -> Event:
-    """Append one event inside the caller's transaction; returns it as stored (with its seq)."""
-    return append(
+) -> LogEvent[P]:
+    """Append one event inside the caller's transaction; returns it as stored (with its seq,
+    and ``payload`` itself as its payload)."""
+    stored = append(
         uow,
         [
             event(
@@ -65,8 +69,9 @@ def emit(
             )
         ],
     )[0]
+    return cast(LogEvent[P], stored)  # append keeps the payload model it was given
 
 
-def emit_all(uow: UnitOfWork, events: Sequence[NewEvent]) -> list[Event]:
+def emit_all(uow: UnitOfWork, events: Sequence[NewEvent]) -> list[LogEvent[Payload]]:
     """Append events built with ``event`` in one statement, in order."""
     return append(uow, events)

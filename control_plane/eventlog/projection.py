@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from control_plane.db.engine import Database
 from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.eventlog.checkpoints import get_checkpoint, set_checkpoint
-from control_plane.eventlog.store import last_seq, read_after
-from shared.events import Event
+from control_plane.eventlog.store import last_seq, read_after, read_after_typed
+from shared.events import LogEvent, Payload
 
-Handler = Callable[[UnitOfWork, Sequence[Event]], None]
+Handler = Callable[[UnitOfWork, Sequence[LogEvent[Payload]]], None]
+"""A consumer's step: write its output for a batch of typed events (in seq order)."""
 
 WINDOW_BATCHES = 10
 
@@ -44,7 +45,7 @@ def fold_in(uow: UnitOfWork, projection: Projection, batch: int = 1000) -> tuple
     # A bounded window keeps a typed read an index range scan however far the log runs
     # ahead (without it, "type IN (...) ORDER BY seq LIMIT n" may sort the whole tail).
     window_end = min(head, after + WINDOW_BATCHES * batch)
-    events = read_after(uow.conn, after, batch, types=types, before=window_end + 1)
+    events = read_after_typed(uow.conn, after, batch, types=types, before=window_end + 1)
     if events:
         projection.handle(uow, events)
     upto = events[-1].seq if len(events) == batch else window_end

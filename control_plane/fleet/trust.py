@@ -4,17 +4,22 @@ reporting is appended as ``trust.score.changed`` in the same transaction."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import bindparam, select, update
 
 from control_plane.db.tables import nodes
 from control_plane.db.uow import UnitOfWork
-from control_plane.eventlog.store import append
-from control_plane.fleet.trust_model import TrustChange, TrustParams, TrustState, apply, tick
-from control_plane.ids import new_id
+from control_plane.eventlog.emit import emit
+from control_plane.fleet.trust_model import (
+    Observation,
+    Outcome,
+    TrustChange,
+    TrustParams,
+    TrustState,
+    apply,
+    tick,
+)
 from shared.enums import NodeHealth
-from shared.events import EventType, NewEvent, TrustScoreChanged
+from shared.events import EventType
 
 PARAMS = TrustParams()
 
@@ -58,30 +63,18 @@ def _store(
         )
     )
     if change is not None:
-        append(
-            uow,
-            [
-                NewEvent(
-                    event_id=new_id("evt"),
-                    type=EventType.TRUST_SCORE_CHANGED,
-                    stream_id=node_id,
-                    payload=TrustScoreChanged.model_validate(change.payload(node_id)),
-                )
-            ],
-        )
+        emit(uow, change.payload(node_id), stream_id=node_id)
     if old.quarantined != new.quarantined:
         uow.wake("queue")
 
 
-def _fold(
-    uow: UnitOfWork, node_id: str, event_type: str, payload: dict[str, Any], times: int = 1
-) -> None:
+def _fold(uow: UnitOfWork, node_id: str, observation: Observation, times: int = 1) -> None:
     old = _load(uow, node_id)
     if old is None:
         return
     new, change, last = old, None, None
     for _ in range(times):
-        new, change = apply(new, event_type, payload, PARAMS, uow.now_us / 1e6)
+        new, change = apply(new, observation, PARAMS, uow.now_us / 1e6)
         if change is not None:
             last = change
     if last is not None:
@@ -95,21 +88,24 @@ def _fold(
     _store(uow, node_id, old, new, last)
 
 
-def record_outcome(uow: UnitOfWork, node_id: str | None, outcome: EventType) -> None:
-    """Fold one outcome (completed, failed, lease expired) into the node's trust score."""
+def record_outcome(uow: UnitOfWork, node_id: str | None, outcome: Outcome | EventType) -> None:
+    """Fold one outcome into the node's trust score; ``outcome`` is an ``Outcome`` or the event
+    type that records it (completed, failed, lease expired)."""
     if node_id:
-        _fold(uow, node_id, outcome.value, {"node_id": node_id})
+        _fold(uow, node_id, Outcome(outcome))
 
 
-def record_outcomes(uow: UnitOfWork, node_id: str, outcome: EventType, times: int) -> None:
+def record_outcomes(
+    uow: UnitOfWork, node_id: str, outcome: Outcome | EventType, times: int
+) -> None:
     """Fold ``times`` identical outcomes at once (a batch of completions)."""
     if times:
-        _fold(uow, node_id, outcome.value, {"node_id": node_id}, times)
+        _fold(uow, node_id, Outcome(outcome), times)
 
 
 def apply_health(uow: UnitOfWork, node_id: str, health: NodeHealth) -> None:
     """Fold a health change into the node's trust score."""
-    _fold(uow, node_id, EventType.NODE_HEALTH_CHANGED.value, {"node_id": node_id, "to": health})
+    _fold(uow, node_id, NodeHealth(health))
 
 
 def release_probation(uow: UnitOfWork) -> int:

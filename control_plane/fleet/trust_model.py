@@ -18,18 +18,33 @@ from the last reported value or the quarantine flipped, so ``trust.score.changed
 not flood the log. A ``tick`` release is not derived from other events, so ``apply`` adopts a
 ``trust.score.changed`` event whose reason is ``probation`` (or ``manual``): folding the log,
 including the events the live system appended, rebuilds the same state.
+
+What ``apply`` folds is an ``Observation``, typed: an ``Outcome`` of a unit on the node, the
+node's new ``NodeHealth``, or a ``trust.score.changed`` payload. ``observation_of`` and
+``node_of`` read them from a stored event's (typed) payload, for a fold of the log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from enum import StrEnum
 
 from shared.enums import NodeHealth
+from shared.events import (
+    EventType,
+    NodeHealthChanged,
+    Payload,
+    TrustScoreChanged,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+    WorkUnitLeaseExpired,
+)
 
 __all__ = [
     "ADOPTED_REASONS",
+    "Observation",
+    "Outcome",
     "TrustChange",
     "TrustParams",
     "TrustState",
@@ -38,14 +53,25 @@ __all__ = [
     "health_for",
     "initial_state",
     "node_of",
+    "observation_of",
     "tick",
 ]
 
-COMPLETED = "workunit.completed"
-FAILED = "workunit.failed"
-LEASE_EXPIRED = "workunit.lease_expired"
-HEALTH_CHANGED = "node.health.changed"
-TRUST_CHANGED = "trust.score.changed"
+
+class Outcome(StrEnum):
+    """How a unit ended on the node; the value is the event type that records it (and the
+    ``reason`` of the ``trust.score.changed`` it may cause)."""
+
+    COMPLETED = EventType.WORKUNIT_COMPLETED.value
+    FAILED = EventType.WORKUNIT_FAILED.value
+    LEASE_EXPIRED = EventType.WORKUNIT_LEASE_EXPIRED.value
+
+
+Observation = Outcome | NodeHealth | TrustScoreChanged
+"""What trust folds: a unit's outcome, the node's new health, or a ``trust.score.changed``
+payload (adopted when its reason is in ``ADOPTED_REASONS``)."""
+
+_HEALTH_REASON = EventType.NODE_HEALTH_CHANGED.value
 
 #: reasons of ``trust.score.changed`` events that ``apply`` adopts (not derivable from others)
 ADOPTED_REASONS = frozenset({"probation", "manual"})
@@ -98,17 +124,17 @@ class TrustChange:
     reason: str
     quarantined: bool
 
-    def payload(self, node_id: str) -> dict[str, Any]:
+    def payload(self, node_id: str) -> TrustScoreChanged:
         """The ``trust.score.changed`` payload for ``node_id``. Scores are rounded for reading,
         except in changes that ``apply`` adopts on replay, which must be exact."""
         exact = self.reason in ADOPTED_REASONS
-        return {
-            "node_id": node_id,
-            "from": self.from_score if exact else round(self.from_score, 6),
-            "to": self.to_score if exact else round(self.to_score, 6),
-            "reason": self.reason,
-            "quarantined": self.quarantined,
-        }
+        return TrustScoreChanged(
+            node_id=node_id,
+            from_=self.from_score if exact else round(self.from_score, 6),
+            to=self.to_score if exact else round(self.to_score, 6),
+            reason=self.reason,
+            quarantined=self.quarantined,
+        )
 
 
 def initial_state(params: TrustParams) -> TrustState:
@@ -116,46 +142,66 @@ def initial_state(params: TrustParams) -> TrustState:
     return TrustState(score=params.initial, reported=params.initial)
 
 
-def node_of(event_type: str, payload: Mapping[str, Any]) -> str | None:
-    """The node whose trust ``event_type`` concerns, or None if it concerns none."""
-    if event_type in (COMPLETED, FAILED, LEASE_EXPIRED, HEALTH_CHANGED, TRUST_CHANGED):
-        node_id = payload.get("node_id")
-        return node_id if isinstance(node_id, str) else None
+_NODE_EVENTS = (
+    WorkUnitCompleted,
+    WorkUnitFailed,
+    WorkUnitLeaseExpired,
+    NodeHealthChanged,
+    TrustScoreChanged,
+)
+
+
+def node_of(payload: Payload) -> str | None:
+    """The node whose trust the event of ``payload`` concerns, or None if it concerns none."""
+    if isinstance(payload, _NODE_EVENTS):
+        return payload.node_id
     return None
 
 
-def _outcome(event_type: str, payload: Mapping[str, Any], params: TrustParams) -> float | None:
-    if event_type == COMPLETED:
+def observation_of(payload: Payload) -> Observation | None:
+    """What the event of ``payload`` tells trust, or None if it tells it nothing."""
+    if isinstance(payload, WorkUnitCompleted):
+        return Outcome.COMPLETED
+    if isinstance(payload, WorkUnitFailed):
+        return Outcome.FAILED
+    if isinstance(payload, WorkUnitLeaseExpired):
+        return Outcome.LEASE_EXPIRED
+    if isinstance(payload, NodeHealthChanged):
+        return payload.to
+    if isinstance(payload, TrustScoreChanged):
+        return payload
+    return None
+
+
+def _value(observation: Outcome | NodeHealth, params: TrustParams) -> float | None:
+    if observation == Outcome.COMPLETED:
         return params.completed_outcome
-    if event_type == FAILED:
+    if observation == Outcome.FAILED:
         return params.failed_outcome
-    if event_type == LEASE_EXPIRED:
+    if observation == Outcome.LEASE_EXPIRED:
         return params.lease_expired_outcome
-    if event_type == HEALTH_CHANGED:
-        to = payload.get("to")
-        if to == NodeHealth.UNHEALTHY:
-            return params.unhealthy_outcome
-        if to == NodeHealth.SUSPECT:
-            return params.suspect_outcome
+    if observation == NodeHealth.UNHEALTHY:
+        return params.unhealthy_outcome
+    if observation == NodeHealth.SUSPECT:
+        return params.suspect_outcome
     return None
 
 
 def apply(
     state: TrustState,
-    event_type: str,
-    payload: Mapping[str, Any],
+    observation: Observation,
     params: TrustParams,
     at: float | None = None,
 ) -> tuple[TrustState, TrustChange | None]:
-    """Fold one event about this node into its trust.
+    """Fold one observation of this node into its trust.
 
     ``at`` is the event's ``recorded_at`` (seconds); it starts the probation timer when the
-    event quarantines the node (without it, the next ``tick`` starts it). Events that do not
-    concern trust return the state unchanged and no change.
+    observation quarantines the node (without it, the next ``tick`` starts it). Observations
+    that do not move trust return the state unchanged and no change.
     """
-    if event_type == TRUST_CHANGED:
-        return _adopt(state, payload, at), None
-    outcome = _outcome(event_type, payload, params)
+    if isinstance(observation, TrustScoreChanged):
+        return _adopt(state, observation, at), None
+    outcome = _value(observation, params)
     if outcome is None:
         return state, None
     score = _clamp01((1.0 - params.alpha) * state.score + params.alpha * outcome)
@@ -172,7 +218,8 @@ def apply(
         elif on_probation and score >= params.probation_clear_above:
             on_probation = False
     new = TrustState(score, quarantined, state.reported, quarantined_at, on_probation)
-    return _report(state, new, event_type, params)
+    reason = observation.value if isinstance(observation, Outcome) else _HEALTH_REASON
+    return _report(state, new, reason, params)
 
 
 def tick(
@@ -198,14 +245,14 @@ def tick(
 
 
 def fold(
-    events: Iterable[tuple[str, Mapping[str, Any], float | None]],
+    observations: Iterable[tuple[Observation, float | None]],
     params: TrustParams,
     state: TrustState | None = None,
 ) -> TrustState:
-    """Fold ``(event_type, payload, at)`` of one node from ``state`` (default: a new node)."""
+    """Fold ``(observation, at)`` of one node from ``state`` (default: a new node)."""
     current = state if state is not None else initial_state(params)
-    for event_type, payload, at in events:
-        current, _ = apply(current, event_type, payload, params, at)
+    for observation, at in observations:
+        current, _ = apply(current, observation, params, at)
     return current
 
 
@@ -219,20 +266,17 @@ def health_for(last_heartbeat_age_s: float, interval_s: float, timeout_s: float)
     return NodeHealth.SUSPECT
 
 
-def _adopt(state: TrustState, payload: Mapping[str, Any], at: float | None) -> TrustState:
-    if payload.get("reason") not in ADOPTED_REASONS:
+def _adopt(state: TrustState, change: TrustScoreChanged, at: float | None) -> TrustState:
+    if change.reason not in ADOPTED_REASONS:
         return state  # derived by apply itself from the events before it
-    to = payload.get("to")
-    if not isinstance(to, int | float):
-        return state
-    score = _clamp01(float(to))
-    quarantined = bool(payload.get("quarantined", False))
+    score = _clamp01(change.to)
+    quarantined = change.quarantined
     return TrustState(
         score=score,
         quarantined=quarantined,
         reported=score,
         quarantined_at=(state.quarantined_at if state.quarantined else at) if quarantined else None,
-        on_probation=not quarantined and payload.get("reason") == "probation",
+        on_probation=not quarantined and change.reason == "probation",
     )
 
 

@@ -10,9 +10,9 @@ from control_plane.db.engine import Database
 from control_plane.db.tables import nodes, tenants
 from control_plane.db.uow import write_transaction
 from control_plane.errors import NotFound
-from control_plane.eventlog.store import append
+from control_plane.eventlog.emit import emit
 from control_plane.ids import new_id, new_secret, token_hash
-from shared.events import EventType, NewEvent, TenantCreated, TenantLimitsChanged
+from shared.events import TenantCreated, TenantLimitsChanged
 
 
 @dataclass(frozen=True)
@@ -34,17 +34,12 @@ def create_tenant(db: Database, name: str) -> tuple[TenantRecord, str]:
                 created_at_us=uow.now_us,
             )
         )
-        append(
+        emit(
             uow,
-            [
-                NewEvent(
-                    event_id=f"{tenant_id}/created",
-                    type=EventType.TENANT_CREATED,
-                    tenant_id=tenant_id,
-                    stream_id=tenant_id,
-                    payload=TenantCreated(tenant_id=tenant_id, name=name),
-                )
-            ],
+            TenantCreated(tenant_id=tenant_id, name=name),
+            stream_id=tenant_id,
+            tenant_id=tenant_id,
+            event_id=f"{tenant_id}/created",
         )
     return TenantRecord(tenant_id, name), api_key
 
@@ -89,21 +84,15 @@ def set_limits(
         )
         if result.rowcount == 0:
             raise NotFound(f"tenant {tenant_id} not found")
-        append(
+        emit(
             uow,
-            [
-                NewEvent(
-                    event_id=new_id("evt"),
-                    type=EventType.TENANT_LIMITS_CHANGED,
-                    tenant_id=tenant_id,
-                    stream_id=tenant_id,
-                    payload=TenantLimitsChanged(
-                        tenant_id=tenant_id,
-                        max_running=max_running,
-                        submit_rate_per_s=submit_rate_per_s,
-                        submit_burst=submit_burst,
-                    ),
-                )
-            ],
+            TenantLimitsChanged(
+                tenant_id=tenant_id,
+                max_running=max_running,
+                submit_rate_per_s=submit_rate_per_s,
+                submit_burst=submit_burst,
+            ),
+            stream_id=tenant_id,
+            tenant_id=tenant_id,
         )
         uow.wake("queue")

@@ -11,7 +11,6 @@ import itertools
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -37,7 +36,18 @@ from control_plane.billing.domain.rules import (
 )
 from control_plane.billing.domain.wallets import WalletState, fold_wallets
 from shared.enums import LineItemType
-from shared.events import Event
+from shared.events import (
+    BillingPolicyChanged,
+    BillingPriceChanged,
+    CpuPricing,
+    LlmInvocationCompleted,
+    LlmUsage,
+    LogEvent,
+    Payload,
+    TokenPricing,
+    WorkUnitClaimed,
+    WorkUnitCompleted,
+)
 from shared.money import ZERO
 from shared.wire import LedgerEntry
 
@@ -52,82 +62,78 @@ tokens = st.integers(min_value=0, max_value=5_000_000)
 
 
 @st.composite
-def logs(draw: st.DrawFn) -> list[Event]:
+def logs(draw: st.DrawFn) -> list[LogEvent[Payload]]:
     """A log as the control plane would write it: increasing seqs (with gaps), unique ids,
     prices stamped from the table in force."""
     table: PriceTable = default_price_table()
-    events: list[Event] = []
+    events: list[LogEvent[Payload]] = []
     seq = 0
     for _ in range(draw(st.integers(min_value=0, max_value=30))):
         seq += draw(st.integers(min_value=1, max_value=3))
         kind = draw(st.sampled_from(KINDS))
         tenant: str | None = draw(st.sampled_from(TENANTS))
         unit = f"wu_{draw(st.integers(min_value=0, max_value=6))}"
-        payload: dict[str, Any]
+        payload: Payload
         if kind == "completed":
             usage = [
-                {
-                    "model": (model := draw(st.sampled_from(MODELS))),
-                    "tokens_in": draw(tokens),
-                    "tokens_out": draw(tokens),
-                    "pricing": token_stamp(table, model),
-                }
+                LlmUsage(
+                    model=(model := draw(st.sampled_from(MODELS))),
+                    tokens_in=draw(tokens),
+                    tokens_out=draw(tokens),
+                    pricing=TokenPricing.model_validate(token_stamp(table, model)),
+                )
                 for _ in range(draw(st.integers(min_value=0, max_value=2)))
             ]
-            payload = {
-                "node_id": "node-a",
-                "attempt": 1,
-                "cpu_ms": draw(st.integers(min_value=0, max_value=10**8)),
-                "pricing": cpu_stamp(table),
-                "llm_usage": usage,
-            }
-            type_ = "workunit.completed"
+            payload = WorkUnitCompleted(
+                node_id="node-a",
+                attempt=1,
+                cpu_ms=draw(st.integers(min_value=0, max_value=10**8)),
+                pricing=CpuPricing.model_validate(cpu_stamp(table)),
+                llm_usage=usage,
+            )
         elif kind in ("invoked", "stale"):
             model = draw(st.sampled_from(MODELS))
-            payload = {
-                "invocation_id": f"inv-{seq}",
-                "node_id": "node-a",
-                "attempt": 1,
-                "provider": "stub",
-                "model": model,
-                "tokens_in": draw(tokens),
-                "tokens_out": draw(tokens),
-                "total_tokens": 0,
-                "latency_ms": 1,
-                "estimated_cost_usd": "0.000001",
-                "pricing": token_stamp(table, model),
-                "stale_claim": kind == "stale",
-            }
-            type_ = "llm.invocation.completed"
+            payload = LlmInvocationCompleted(
+                invocation_id=f"inv-{seq}",
+                node_id="node-a",
+                attempt=1,
+                provider="stub",
+                model=model,
+                tokens_in=draw(tokens),
+                tokens_out=draw(tokens),
+                total_tokens=0,
+                latency_ms=1,
+                estimated_cost_usd="0.000001",
+                pricing=TokenPricing.model_validate(token_stamp(table, model)),
+                stale_claim=kind == "stale",
+            )
         elif kind == "policy":
             from_completed, from_invocation = draw(st.sampled_from(FLAGS))
             if draw(st.booleans()):
                 table = table.with_cpu_rate(draw(st.sampled_from(["0.00005", "0.0001", "0.0003"])))
-            payload = {
-                "bill_llm_from_workunit_completed": from_completed,
-                "bill_llm_from_invocation": from_invocation,
-                "usd_per_cpu_s": cpu_stamp(table)["usd_per_cpu_s"],
-                "price_version": table.price_version,
-            }
-            type_, tenant, unit = "billing.policy.changed", None, "billing"
+            payload = BillingPolicyChanged(
+                bill_llm_from_workunit_completed=from_completed,
+                bill_llm_from_invocation=from_invocation,
+                usd_per_cpu_s=cpu_stamp(table)["usd_per_cpu_s"],
+                price_version=table.price_version,
+            )
+            tenant, unit = None, "billing"
         elif kind == "price":
             model = draw(st.sampled_from(MODELS))
             usd_in = draw(st.sampled_from(["0.1", "0.15", "0.5", "2.5", "3.3333333"]))
             usd_out = draw(st.sampled_from(["0.4", "0.6", "1.5", "10", "7.77"]))
             table = table.with_model_price(model, usd_in, usd_out)
-            payload = price_changed_payload(table, model)
-            type_, tenant, unit = "billing.price.changed", None, "billing"
+            payload = BillingPriceChanged.model_validate(price_changed_payload(table, model))
+            tenant, unit = None, "billing"
         else:
-            payload = {"node_id": "node-a", "attempt": 1}
-            type_ = "workunit.claimed"
+            payload = WorkUnitClaimed(node_id="node-a", attempt=1, lease_expires_at=T0)
         events.append(
-            Event(
+            LogEvent.of(
+                payload,
                 seq=seq,
                 event_id=f"evt-{seq}",
-                type=type_,
                 tenant_id=tenant,
                 stream_id=unit,
-                payload=payload,
                 recorded_at=T0 + timedelta(microseconds=seq * 1001),
                 correlation_id=f"session-{unit}" if tenant else None,
             )
@@ -135,14 +141,18 @@ def logs(draw: st.DrawFn) -> list[Event]:
     return events
 
 
+def is_stale(event: LogEvent[Payload]) -> bool:
+    return isinstance(event.payload, LlmInvocationCompleted) and event.payload.stale_claim
+
+
 @st.composite
-def deliveries(draw: st.DrawFn, log: list[Event]) -> list[list[Event]]:
+def deliveries(draw: st.DrawFn, log: list[LogEvent[Payload]]) -> list[list[LogEvent[Payload]]]:
     """The log cut into batches in order, each batch shuffled and padded with repeats of events
     from it or from earlier batches (re-delivery), plus batches of nothing but old events."""
     rnd = draw(st.randoms(use_true_random=False))
     cuts = sorted(draw(st.lists(st.integers(0, len(log)), max_size=8)))
     bounds = [0, *cuts, len(log)]
-    batches: list[list[Event]] = []
+    batches: list[list[LogEvent[Payload]]] = []
     for start, end in itertools.pairwise(bounds):
         seen = log[:end]
         batch = log[start:end] + [rnd.choice(seen) for _ in range(rnd.randint(0, 4)) if seen]
@@ -153,7 +163,7 @@ def deliveries(draw: st.DrawFn, log: list[Event]) -> list[list[Event]]:
     return batches
 
 
-def reference_lines(log: list[Event]) -> list[LedgerLine]:
+def reference_lines(log: list[LogEvent[Payload]]) -> list[LedgerLine]:
     """Naive billing of a log delivered once, in order."""
     policy = DEFAULT_POLICY
     lines: list[LedgerLine] = []
@@ -163,7 +173,7 @@ def reference_lines(log: list[Event]) -> list[LedgerLine]:
     return lines
 
 
-def fold(batches: list[list[Event]]) -> BillingState:
+def fold(batches: list[list[LogEvent[Payload]]]) -> BillingState:
     state = BillingState()
     for batch in batches:
         state = project(batch, state)
@@ -249,7 +259,7 @@ def test_digest_survives_the_wire_and_any_line_order(data: st.DataObject) -> Non
 
 @SETTINGS
 @given(logs())
-def test_wallet_totals_equal_the_sum_of_their_lines(log: list[Event]) -> None:
+def test_wallet_totals_equal_the_sum_of_their_lines(log: list[LogEvent[Payload]]) -> None:
     state = project(log)
     sums: dict[tuple[str, LineItemType], Decimal] = defaultdict(lambda: ZERO)
     last: dict[str, int] = {}
@@ -266,7 +276,7 @@ def test_wallet_totals_equal_the_sum_of_their_lines(log: list[Event]) -> None:
 
 @SETTINGS
 @given(logs())
-def test_every_amount_is_non_negative_6dp_and_recomputable(log: list[Event]) -> None:
+def test_every_amount_is_non_negative_6dp_and_recomputable(log: list[LogEvent[Payload]]) -> None:
     for line in project(log).ledger():
         assert line.amount_usd >= 0
         assert line.amount_usd.as_tuple().exponent == -6
@@ -275,8 +285,8 @@ def test_every_amount_is_non_negative_6dp_and_recomputable(log: list[Event]) -> 
 
 @SETTINGS
 @given(logs())
-def test_stale_claims_are_never_billed(log: list[Event]) -> None:
-    stale = {e.event_id for e in log if e.payload.get("stale_claim") is True}
+def test_stale_claims_are_never_billed(log: list[LogEvent[Payload]]) -> None:
+    stale = {e.event_id for e in log if is_stale(e)}
     billed = {line.source_event_id for line in project(log).ledger()}
     assert not stale & billed
     platform = [a for a in find_anomalies(log, project(log).ledger()) if a.kind == "platform_cost"]
@@ -285,7 +295,7 @@ def test_stale_claims_are_never_billed(log: list[Event]) -> None:
 
 @SETTINGS
 @given(logs())
-def test_llm_tokens_are_billed_from_one_source_only(log: list[Event]) -> None:
+def test_llm_tokens_are_billed_from_one_source_only(log: list[LogEvent[Payload]]) -> None:
     """Each billed LLM line comes from the source the policy in force chose, and a policy event
     with both flags on is never applied."""
     state = project(log)
@@ -294,9 +304,11 @@ def test_llm_tokens_are_billed_from_one_source_only(log: list[Event]) -> None:
     conflicts = []
     for event in log:
         source_of[event.event_id] = policy
-        if event.type == "billing.policy.changed" and all(
-            event.payload[flag]
-            for flag in ("bill_llm_from_workunit_completed", "bill_llm_from_invocation")
+        payload = event.payload
+        if (
+            isinstance(payload, BillingPolicyChanged)
+            and payload.bill_llm_from_workunit_completed
+            and payload.bill_llm_from_invocation
         ):
             conflicts.append(event.event_id)
         policy = fold_policy(policy, event)
@@ -329,7 +341,9 @@ def test_both_flags_on_is_always_refused(from_completed: bool, from_invocation: 
 
 @SETTINGS
 @given(logs())
-def test_the_projections_own_ledger_has_only_expected_anomalies(log: list[Event]) -> None:
+def test_the_projections_own_ledger_has_only_expected_anomalies(
+    log: list[LogEvent[Payload]],
+) -> None:
     kinds = Counter(a.kind for a in find_anomalies(log, project(log).ledger()))
     assert set(kinds) <= {"platform_cost", "flag_misconfiguration"}
 
@@ -358,10 +372,10 @@ def test_the_strategies_cover_the_interesting_cases() -> None:
 
     @settings(max_examples=200, deadline=None, database=None)
     @given(logs())
-    def collect(log: list[Event]) -> None:
+    def collect(log: list[LogEvent[Payload]]) -> None:
         state = project(log)
         seen["conflict"] += bool(state.flag_conflicts)
-        seen["stale"] += any(e.payload.get("stale_claim") is True for e in log)
+        seen["stale"] += any(is_stale(e) for e in log)
         seen["usage_line"] += any(line.sub_key for line in state.lines.values())
 
     collect()

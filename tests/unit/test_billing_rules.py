@@ -42,8 +42,18 @@ from control_plane.billing.domain.rules import (
 )
 from control_plane.billing.domain.wallets import WalletState, empty_wallet, fold_wallets
 from shared.enums import LineItemType
-from shared.events import Event
+from shared.events import (
+    BillingPolicyChanged,
+    CpuPricing,
+    LlmInvocationCompleted,
+    LlmUsage,
+    LogEvent,
+    Payload,
+    TokenPricing,
+    WorkUnitCompleted,
+)
 from shared.wire import LedgerEntry, Wallet
+from tests.unit.event_kit import read_row, tampered
 
 AT = datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=UTC)
 TABLE = default_price_table()
@@ -55,45 +65,49 @@ COMPLETION_ONLY = BillingPolicy(
 
 def ev(
     seq: int,
-    type_: str,
-    payload: dict[str, Any],
+    payload: Payload,
     *,
     tenant: str | None = "ten_a",
     unit: str = "wu_1",
     session: str | None = "session-1",
     event_id: str | None = None,
     at: datetime = AT,
-) -> Event:
-    return Event(
+) -> LogEvent[Payload]:
+    return LogEvent.of(
+        payload,
         seq=seq,
         event_id=event_id or f"evt-{seq}",
-        type=type_,
         tenant_id=tenant,
         stream_id=unit,
-        payload=payload,
         recorded_at=at,
         correlation_id=session,
     )
 
 
-def completed(seq: int, cpu_ms: int, usage: list[dict[str, Any]] | None = None, **kw: Any) -> Event:
-    payload: dict[str, Any] = {
-        "node_id": "node-a",
-        "attempt": 1,
-        "cpu_ms": cpu_ms,
-        "pricing": cpu_stamp(TABLE),
-        "llm_usage": usage or [],
-    }
-    return ev(seq, "workunit.completed", payload, **kw)
+def completed(
+    seq: int,
+    cpu_ms: int,
+    usage: list[LlmUsage] | None = None,
+    stamp: CpuPricing | None = None,
+    **kw: Any,
+) -> LogEvent[Payload]:
+    payload = WorkUnitCompleted(
+        node_id="node-a",
+        attempt=1,
+        cpu_ms=cpu_ms,
+        pricing=stamp or CpuPricing.model_validate(cpu_stamp(TABLE)),
+        llm_usage=usage or [],
+    )
+    return ev(seq, payload, **kw)
 
 
-def usage(model: str, tokens_in: int, tokens_out: int) -> dict[str, Any]:
-    return {
-        "model": model,
-        "tokens_in": tokens_in,
-        "tokens_out": tokens_out,
-        "pricing": token_stamp(TABLE, model),
-    }
+def usage(model: str, tokens_in: int, tokens_out: int) -> LlmUsage:
+    return LlmUsage(
+        model=model,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        pricing=TokenPricing.model_validate(token_stamp(TABLE, model)),
+    )
 
 
 def invoked(
@@ -103,32 +117,32 @@ def invoked(
     model: str = "gpt-4o-mini",
     stale: bool = False,
     **kw: Any,
-) -> Event:
-    payload: dict[str, Any] = {
-        "invocation_id": f"inv-{seq}",
-        "node_id": "node-a",
-        "attempt": 1,
-        "provider": "stub",
-        "model": model,
-        "tokens_in": tokens_in,
-        "tokens_out": tokens_out,
-        "total_tokens": tokens_in + tokens_out,
-        "latency_ms": 3,
-        "estimated_cost_usd": "0.000001",
-        "pricing": token_stamp(TABLE, model),
-        "stale_claim": stale,
-    }
-    return ev(seq, "llm.invocation.completed", payload, **kw)
+) -> LogEvent[Payload]:
+    payload = LlmInvocationCompleted(
+        invocation_id=f"inv-{seq}",
+        node_id="node-a",
+        attempt=1,
+        provider="stub",
+        model=model,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        total_tokens=tokens_in + tokens_out,
+        latency_ms=3,
+        estimated_cost_usd="0.000001",
+        pricing=TokenPricing.model_validate(token_stamp(TABLE, model)),
+        stale_claim=stale,
+    )
+    return ev(seq, payload, **kw)
 
 
-def policy_event(seq: int, from_completed: bool, from_invocation: bool) -> Event:
-    payload = {
-        "bill_llm_from_workunit_completed": from_completed,
-        "bill_llm_from_invocation": from_invocation,
-        "usd_per_cpu_s": "0.00005",
-        "price_version": 1,
-    }
-    return ev(seq, "billing.policy.changed", payload, tenant=None, unit="billing", session=None)
+def policy_event(seq: int, from_completed: bool, from_invocation: bool) -> LogEvent[Payload]:
+    payload = BillingPolicyChanged(
+        bill_llm_from_workunit_completed=from_completed,
+        bill_llm_from_invocation=from_invocation,
+        usd_per_cpu_s="0.00005",
+        price_version=1,
+    )
+    return ev(seq, payload, tenant=None, unit="billing", session=None)
 
 
 # --------------------------------------------------------------------------- lines
@@ -168,8 +182,7 @@ def test_an_invocation_gives_one_token_line() -> None:
 
 
 def test_the_line_uses_the_stamped_price_not_the_table() -> None:
-    event = completed(1, 1000)
-    event.payload["pricing"] = {"usd_per_cpu_s": "0.001", "price_version": 7}
+    event = completed(1, 1000, stamp=CpuPricing(usd_per_cpu_s="0.001", price_version=7))
     [line] = lines_for_event(event, INVOCATION_ONLY)
     assert line.amount_usd == Decimal("0.001000")
     assert line.pricing["price_version"] == 7
@@ -181,6 +194,11 @@ def test_stale_claim_invocations_are_not_billed() -> None:
 
 def test_invocations_are_not_billed_in_completion_mode() -> None:
     assert lines_for_event(invoked(1, 1000, 500), COMPLETION_ONLY) == []
+    # not even read there: one that cannot be priced is not an unbillable event in this mode
+    unpriced = tampered(invoked(2, 1000, 500), lambda p: p.pop("pricing"))
+    assert lines_for_event(unpriced, COMPLETION_ONLY) == []
+    with pytest.raises(InvalidBillableEvent, match="pricing: Field required"):
+        lines_for_event(unpriced, INVOCATION_ONLY)
 
 
 def test_completion_mode_bills_each_usage_entry_under_its_own_key() -> None:
@@ -202,14 +220,26 @@ def test_completion_mode_bills_each_usage_entry_under_its_own_key() -> None:
     ["workunit.submitted", "workunit.claimed", "workunit.failed", "billing.policy.changed", "x.y"],
 )
 def test_other_events_give_no_lines(type_: str) -> None:
-    assert lines_for_event(ev(1, type_, {"cpu_ms": 5}), INVOCATION_ONLY) == []
+    # rows of other types (which do not even validate as their type here) give no line
+    event = read_row(1, type_, {"cpu_ms": 5}, recorded_at=AT, tenant_id="ten_a")
+    assert lines_for_event(event, INVOCATION_ONLY) == []
+    assert lines_for_event(policy_event(1, False, True), INVOCATION_ONLY) == []
 
 
 def test_session_comes_from_correlation_then_payload() -> None:
     event = completed(1, 10, session=None)
     assert lines_for_event(event, INVOCATION_ONLY)[0].execution_session_id == ""
-    event.payload["execution_session_id"] = "s-9"
+    event = tampered(event, lambda p: p.update(execution_session_id="s-9"))
     assert lines_for_event(event, INVOCATION_ONLY)[0].execution_session_id == "s-9"
+    assert (
+        lines_for_event(
+            tampered(
+                invoked(2, 1, 1, session=None), lambda p: p.update(execution_session_id="s-8")
+            ),
+            INVOCATION_ONLY,
+        )[0].execution_session_id
+        == "s-8"
+    )
 
 
 def test_recorded_at_is_the_events_in_utc() -> None:
@@ -233,8 +263,7 @@ def test_recorded_at_is_the_events_in_utc() -> None:
     ],
 )
 def test_completions_that_cannot_be_priced_are_refused(change: Any, reason: str) -> None:
-    event = completed(1, 10)
-    change(event.payload)
+    event = tampered(completed(1, 10), change)
     with pytest.raises(InvalidBillableEvent, match=reason) as info:
         lines_for_event(event, INVOCATION_ONLY)
     assert info.value.event_id == "evt-1"
@@ -251,8 +280,7 @@ def test_completions_that_cannot_be_priced_are_refused(change: Any, reason: str)
     ],
 )
 def test_invocations_that_cannot_be_priced_are_refused(change: Any) -> None:
-    event = invoked(1, 10, 10)
-    change(event.payload)
+    event = tampered(invoked(1, 10, 10), change)
     with pytest.raises(InvalidBillableEvent):
         lines_for_event(event, INVOCATION_ONLY)
 
@@ -377,8 +405,7 @@ def test_bill_events_then_insert_if_absent_matches_project() -> None:
 
 
 def test_unbillable_events_are_kept_aside_and_do_not_stop_the_fold() -> None:
-    bad = completed(2, 10)
-    del bad.payload["pricing"]
+    bad = tampered(completed(2, 10), lambda p: p.pop("pricing"))
     state = project([completed(1, 10), bad, completed(3, 20, unit="wu_3")])
     assert len(state.lines) == 2
     assert set(state.rejected) == {"evt-2"}
@@ -535,8 +562,7 @@ def test_platform_cost_reports_what_a_stale_claim_would_have_cost() -> None:
 
 
 def test_flag_misconfiguration_and_unbillable_events() -> None:
-    bad = completed(3, 10)
-    bad.payload["cpu_ms"] = -5
+    bad = tampered(completed(3, 10), lambda p: p.update(cpu_ms=-5))
     events = [policy_event(1, True, True), completed(2, 10), bad]
     lines = project(events).ledger()
     # The unpriceable completion is reported once, as unbillable (not also as missing).

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
@@ -25,7 +24,16 @@ from control_plane.billing.domain.pricing import (
 from control_plane.billing.domain.projection import project
 from control_plane.billing.domain.rules import cpu_amount, token_amount
 from shared.enums import LineItemType
-from shared.events import Event
+from shared.events import (
+    BillingPolicyChanged,
+    CpuPricing,
+    LlmInvocationCompleted,
+    LlmUsage,
+    LogEvent,
+    Payload,
+    TokenPricing,
+    WorkUnitCompleted,
+)
 
 AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CPU = LineItemType.WORKUNIT_CPU
@@ -37,22 +45,24 @@ class Log:
 
     def __init__(self, table: PriceTable | None = None) -> None:
         self.table = table or default_price_table()
-        self.events: list[Event] = []
+        self.events: list[LogEvent[Payload]] = []
 
-    def _add(self, type_: str, payload: dict[str, Any], tenant: str | None, unit: str) -> Event:
+    def _add(self, payload: Payload, tenant: str | None, unit: str) -> LogEvent[Payload]:
         seq = len(self.events) + 1
-        event = Event(
+        event = LogEvent.of(
+            payload,
             seq=seq,
             event_id=f"evt-{seq}",
-            type=type_,
             tenant_id=tenant,
             stream_id=unit,
-            payload=payload,
             recorded_at=AT,
             correlation_id="session-1" if tenant else None,
         )
         self.events.append(event)
         return event
+
+    def _token_stamp(self, model: str) -> TokenPricing:
+        return TokenPricing.model_validate(token_stamp(self.table, model))
 
     def completed(
         self,
@@ -60,24 +70,18 @@ class Log:
         cpu_ms: int,
         tenant: str = "acme",
         usage: Sequence[tuple[str, int, int]] = (),
-    ) -> Event:
+    ) -> LogEvent[Payload]:
         return self._add(
-            "workunit.completed",
-            {
-                "node_id": "node-a",
-                "attempt": 1,
-                "cpu_ms": cpu_ms,
-                "pricing": cpu_stamp(self.table),
-                "llm_usage": [
-                    {
-                        "model": m,
-                        "tokens_in": i,
-                        "tokens_out": o,
-                        "pricing": token_stamp(self.table, m),
-                    }
+            WorkUnitCompleted(
+                node_id="node-a",
+                attempt=1,
+                cpu_ms=cpu_ms,
+                pricing=CpuPricing.model_validate(cpu_stamp(self.table)),
+                llm_usage=[
+                    LlmUsage(model=m, tokens_in=i, tokens_out=o, pricing=self._token_stamp(m))
                     for m, i, o in usage
                 ],
-            },
+            ),
             tenant,
             unit,
         )
@@ -90,34 +94,32 @@ class Log:
         tokens_out: int,
         tenant: str = "acme",
         stale: bool = False,
-    ) -> Event:
+    ) -> LogEvent[Payload]:
         return self._add(
-            "llm.invocation.completed",
-            {
-                "invocation_id": f"{unit}-{len(self.events)}",
-                "node_id": "node-a",
-                "attempt": 1,
-                "provider": "stub",
-                "model": model,
-                "tokens_in": tokens_in,
-                "tokens_out": tokens_out,
-                "total_tokens": tokens_in + tokens_out,
-                "latency_ms": 5,
-                "estimated_cost_usd": "9.999999",  # the agent's guess: never billed
-                "pricing": token_stamp(self.table, model),
-                "stale_claim": stale,
-            },
+            LlmInvocationCompleted(
+                invocation_id=f"{unit}-{len(self.events)}",
+                node_id="node-a",
+                attempt=1,
+                provider="stub",
+                model=model,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                total_tokens=tokens_in + tokens_out,
+                latency_ms=5,
+                estimated_cost_usd="9.999999",  # the agent's guess: never billed
+                pricing=self._token_stamp(model),
+                stale_claim=stale,
+            ),
             tenant,
             unit,
         )
 
-    def policy(self, policy: BillingPolicy) -> Event:
-        return self._add(
-            "billing.policy.changed", policy_changed_payload(policy, self.table), None, "billing"
-        )
+    def policy(self, policy: BillingPolicy) -> LogEvent[Payload]:
+        payload = BillingPolicyChanged.model_validate(policy_changed_payload(policy, self.table))
+        return self._add(payload, None, "billing")
 
 
-def amounts(events: list[Event]) -> list[str]:
+def amounts(events: list[LogEvent[Payload]]) -> list[str]:
     return [str(line.amount_usd) for line in project(events).ledger()]
 
 
@@ -274,3 +276,24 @@ def test_switching_llm_billing_to_completions() -> None:
     ]  # fmt: skip
     assert str(state.wallet("acme").total_usd) == "0.001450"
     assert find_anomalies(log.events, state.ledger()) == []
+
+
+def test_the_digest_of_a_worked_log_is_pinned() -> None:
+    """A change of rule, rounding, canonical form or event reading shows here first: this log's
+    digest was computed before events were typed (from plain payload dicts), and replay
+    digests of existing logs must not move."""
+    log = Log()
+    log.completed("wu_cpu_1", 1234)
+    log.completed("wu_cpu_2", 2500)
+    log.completed("wu_cpu_3", 0)
+    log.invoked("wu_llm_1", "gpt-4o", 2000, 1000)
+    log.invoked("wu_llm_1", "gpt-4.1-nano", 100, 50)
+    log.completed("wu_llm_1", 812, usage=[("gpt-4o", 2000, 1000)])
+    log.invoked("wu_llm_2", "gpt-4o-mini", 1000, 500, stale=True)
+    log.invoked("wu_llm_2", "gpt-4o-mini", 1000, 500)
+    log.policy(BillingPolicy(bill_llm_from_workunit_completed=True, bill_llm_from_invocation=False))
+    log.completed("wu_llm_2", 100, usage=[("gpt-4o-mini", 1000, 500)])
+    log.completed("wu_other", 20000, tenant="globex")
+    assert project(log.events).digest() == (
+        "0fd600a3c237dc0b27756717fd4a26b8e10a8de6c683ac1272d283f83abbc744"
+    )

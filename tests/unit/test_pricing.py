@@ -24,9 +24,12 @@ from shared.events import (
     BillingPolicyChanged,
     BillingPriceChanged,
     CpuPricing,
-    Event,
+    LogEvent,
+    Payload,
     TokenPricing,
+    WorkUnitClaimed,
 )
+from tests.unit.event_kit import read_row
 
 AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -134,16 +137,8 @@ def test_token_stamp_matches_the_event_schema_and_names_the_invoked_model() -> N
     assert token_stamp(table, "something-new")["usd_per_1m_out"] == "10"
 
 
-def _event(seq: int, type_: str, payload: dict[str, object]) -> Event:
-    return Event(
-        seq=seq,
-        event_id=f"evt-{seq}",
-        type=type_,
-        tenant_id=None,
-        stream_id="billing",
-        payload=payload,
-        recorded_at=AT,
-    )
+def _event(seq: int, payload: Payload) -> LogEvent[Payload]:
+    return LogEvent.of(payload, seq=seq, event_id=f"evt-{seq}", stream_id="billing", recorded_at=AT)
 
 
 def test_the_table_can_be_rebuilt_from_its_change_events() -> None:
@@ -151,13 +146,12 @@ def test_the_table_can_be_rebuilt_from_its_change_events() -> None:
     events = []
     live = live.with_model_price("llama-3-70b", "0.59", "0.79")
     payload = price_changed_payload(live, "llama-3-70b")
-    BillingPriceChanged.model_validate(payload)
-    events.append(_event(1, "billing.price.changed", payload))
+    events.append(_event(1, BillingPriceChanged.model_validate(payload)))
     live = live.with_cpu_rate("0.00007")
     payload = policy_changed_payload(BillingPolicy(), live)
-    BillingPolicyChanged.model_validate(payload)
-    events.append(_event(2, "billing.policy.changed", payload))
-    events.append(_event(3, "workunit.claimed", {"node_id": "n"}))
+    events.append(_event(2, BillingPolicyChanged.model_validate(payload)))
+    events.append(_event(3, WorkUnitClaimed(node_id="n", attempt=1, lease_expires_at=AT)))
+    events.append(read_row(4, "workunit.claimed", {"node_id": "n"}, recorded_at=AT))
     rebuilt = default_price_table()
     for event in events:
         rebuilt = apply_price_event(rebuilt, event)
@@ -172,9 +166,19 @@ def test_malformed_price_events_leave_the_table_unchanged() -> None:
         {"model": "", "usd_per_1m_in": "1", "usd_per_1m_out": "1", "price_version": 2},
         {"model": "m", "usd_per_1m_in": "1", "usd_per_1m_out": "1", "price_version": "2"},
         {"model": "m", "usd_per_1m_in": "1", "price_version": 2},
+        {"model": "m", "usd_per_1m_in": "-1", "usd_per_1m_out": "1", "price_version": 2},
     ]
     for payload in payloads:
-        assert apply_price_event(table, _event(1, "billing.price.changed", payload)) == table
+        event = read_row(1, "billing.price.changed", payload, recorded_at=AT)
+        assert apply_price_event(table, event) == table
+    bad_cpu_rate = {
+        "bill_llm_from_workunit_completed": False,
+        "bill_llm_from_invocation": True,
+        "usd_per_cpu_s": "NaN",
+        "price_version": 2,
+    }
+    event = read_row(1, "billing.policy.changed", bad_cpu_rate, recorded_at=AT)
+    assert apply_price_event(table, event) == table
 
 
 def test_price_changed_payload_needs_a_model_of_the_table() -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from control_plane.fleet.trust_model import (
+    Observation,
+    Outcome,
     TrustParams,
     TrustState,
     apply,
@@ -16,34 +18,67 @@ from control_plane.fleet.trust_model import (
     health_for,
     initial_state,
     node_of,
+    observation_of,
     tick,
 )
 from shared.enums import NodeHealth
+from shared.events import (
+    CpuPricing,
+    NodeHealthChanged,
+    Payload,
+    WorkUnitClaimed,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+    WorkUnitLeaseExpired,
+    WorkUnitSubmitted,
+)
 
 P = TrustParams()
 NODE = "n1"
+AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+STAMP = CpuPricing(usd_per_cpu_s="0.00005", price_version=1)
 
 
-def ev(event_type: str, **payload: Any) -> tuple[str, dict[str, Any]]:
-    return event_type, {"node_id": NODE, **payload}
+def health(from_: NodeHealth, to: NodeHealth) -> NodeHealthChanged:
+    return NodeHealthChanged(node_id=NODE, from_=from_, to=to, reason="x")
 
 
-COMPLETED = ev("workunit.completed", attempt=1, cpu_ms=5)
-FAILED = ev("workunit.failed", attempt=1, retryable=True, requeued=True)
-EXPIRED = ev("workunit.lease_expired", attempt=1, requeued=True)
-UNHEALTHY = ev("node.health.changed", **{"from": "suspect", "to": "unhealthy", "reason": "x"})
-SUSPECT = ev("node.health.changed", **{"from": "healthy", "to": "suspect", "reason": "x"})
-HEALTHY = ev("node.health.changed", **{"from": "suspect", "to": "healthy", "reason": "x"})
-OTHER = ev("workunit.claimed", attempt=1)
+# payloads as the log stores them (what a fold of the log reads)
+COMPLETED_EVENT = WorkUnitCompleted(node_id=NODE, attempt=1, cpu_ms=5, pricing=STAMP)
+FAILED_EVENT = WorkUnitFailed(node_id=NODE, attempt=1, retryable=True, requeued=True)
+EXPIRED_EVENT = WorkUnitLeaseExpired(node_id=NODE, attempt=1, requeued=True)
+UNHEALTHY_EVENT = health(NodeHealth.SUSPECT, NodeHealth.UNHEALTHY)
+SUSPECT_EVENT = health(NodeHealth.HEALTHY, NodeHealth.SUSPECT)
+HEALTHY_EVENT = health(NodeHealth.SUSPECT, NodeHealth.HEALTHY)
+OTHER_EVENT = WorkUnitClaimed(node_id=NODE, attempt=1, lease_expires_at=AT)
 
 
-def run(state: TrustState, events: list[tuple[str, dict[str, Any]]], at: float = 0.0):
+# what each of them tells trust
+COMPLETED = Outcome.COMPLETED
+FAILED = Outcome.FAILED
+EXPIRED = Outcome.LEASE_EXPIRED
+UNHEALTHY = NodeHealth.UNHEALTHY
+SUSPECT = NodeHealth.SUSPECT
+HEALTHY = NodeHealth.HEALTHY
+
+
+def run(state: TrustState, observations: list[Observation], at: float = 0.0):
     changes = []
-    for event_type, payload in events:
-        state, change = apply(state, event_type, payload, P, at)
+    for observation in observations:
+        state, change = apply(state, observation, P, at)
         if change is not None:
             changes.append(change)
     return state, changes
+
+
+def test_the_logs_events_are_read_as_their_observations():
+    assert observation_of(COMPLETED_EVENT) is COMPLETED
+    assert observation_of(FAILED_EVENT) is FAILED
+    assert observation_of(EXPIRED_EVENT) is EXPIRED
+    assert observation_of(UNHEALTHY_EVENT) is UNHEALTHY
+    assert observation_of(SUSPECT_EVENT) is SUSPECT
+    assert observation_of(HEALTHY_EVENT) is HEALTHY
+    assert observation_of(OTHER_EVENT) is None
 
 
 def test_completions_raise_failures_lower():
@@ -54,8 +89,8 @@ def test_completions_raise_failures_lower():
     for bad in (FAILED, EXPIRED, UNHEALTHY):
         down, _ = run(start, [bad])
         assert down.score == pytest.approx(0.72)
-    for neutral in (SUSPECT, HEALTHY, OTHER):
-        same, change = apply(start, *neutral, P, 0.0)
+    for neutral in (SUSPECT, HEALTHY):
+        same, change = apply(start, neutral, P, 0.0)
         assert same == start and change is None
 
 
@@ -104,7 +139,7 @@ def test_changes_are_reported_only_when_worth_it():
     state, changes = run(initial_state(P), [FAILED])
     assert len(changes) == 1 and changes[0].from_score == 0.8
     payload = changes[0].payload(NODE)
-    assert payload == {
+    assert payload.model_dump(mode="json", by_alias=True) == {
         "node_id": NODE,
         "from": 0.8,
         "to": 0.72,
@@ -128,9 +163,19 @@ def test_bad_params():
 
 
 def test_node_of():
-    assert node_of(*COMPLETED) == NODE
-    assert node_of("workunit.failed", {"node_id": None}) is None
-    assert node_of("workunit.submitted", {"node_id": NODE}) is None
+    assert node_of(COMPLETED_EVENT) == NODE
+    assert node_of(UNHEALTHY_EVENT) == NODE
+    assert node_of(WorkUnitFailed(attempt=1, retryable=False, requeued=False)) is None
+    submitted = WorkUnitSubmitted.model_validate(
+        {
+            "kind": "cpu",
+            "execution_session_id": "s",
+            "priority": "p1",
+            "payload": {"node_id": NODE},
+            "max_attempts": 1,
+        }
+    )
+    assert node_of(submitted) is None
 
 
 # --------------------------------------------------------------------------- properties
@@ -138,7 +183,18 @@ def test_node_of():
 # runs of the same event, so that quarantine, probation and recovery all happen
 events_st = st.lists(
     st.tuples(
-        st.sampled_from([COMPLETED, COMPLETED, FAILED, EXPIRED, UNHEALTHY, SUSPECT, OTHER, None]),
+        st.sampled_from(
+            [
+                COMPLETED_EVENT,
+                COMPLETED_EVENT,
+                FAILED_EVENT,
+                EXPIRED_EVENT,
+                UNHEALTHY_EVENT,
+                SUSPECT_EVENT,
+                OTHER_EVENT,
+                None,
+            ]
+        ),
         st.integers(1, 12),
         st.floats(0.0, 200.0),
     ),
@@ -152,25 +208,33 @@ def test_rebuilding_from_the_log_gives_the_same_state(steps):
     """The live loop folds events and ticks, appending every change it reports as a
     ``trust.score.changed`` event; folding that log from scratch gives the same state."""
     live = initial_state(P)
-    log: list[tuple[str, dict[str, Any], float | None]] = []
+    log: list[tuple[Payload, float | None]] = []
     now = 0.0
     for step, dt in steps:
         now += dt
+        change = None
         if step is None:
             live, change = tick(live, now, P)
         else:
-            event_type, payload = step
-            log.append((event_type, payload, now))
-            before = live
-            live, change = apply(live, event_type, payload, P, now)
-            if change is not None:
-                moved = abs(change.to_score - change.from_score) >= P.epsilon
-                assert moved or change.quarantined != before.quarantined
+            log.append((step, now))
+            observation = observation_of(step)
+            if observation is not None:
+                before = live
+                live, change = apply(live, observation, P, now)
+                if change is not None:
+                    moved = abs(change.to_score - change.from_score) >= P.epsilon
+                    assert moved or change.quarantined != before.quarantined
         assert 0.0 <= live.score <= 1.0
         if change is not None:
-            log.append(("trust.score.changed", change.payload(NODE), now))
-    assert fold(log, P) == live
-    assert fold(log, P) == fold(list(log), P)
+            log.append((change.payload(NODE), now))
+    # the fold of the log: each stored payload read as what it tells trust
+    observations: list[tuple[Observation, float | None]] = []
+    for payload, at in log:
+        observation = observation_of(payload)
+        if observation is not None:
+            observations.append((observation, at))
+    assert fold(observations, P) == live
+    assert fold(observations, P) == fold(list(observations), P)
 
 
 @settings(max_examples=200, deadline=None)

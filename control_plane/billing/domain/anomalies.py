@@ -43,7 +43,7 @@ from control_plane.billing.domain.rules import (
     line_key,
     recompute_amount,
 )
-from shared.events import Event, EventType
+from shared.events import EventType, LogEvent, Payload
 from shared.money import ZERO, format_usd
 from shared.wire import Anomaly, LedgerEntry
 
@@ -53,7 +53,7 @@ def _describe(key: LineKey) -> str:
     return f"{kind} line of event {source}" + (f" ({sub})" if sub else "")
 
 
-def _stale_invocations(events: Iterable[Event]) -> list[Event]:
+def _stale_invocations(events: Iterable[LogEvent[Payload]]) -> list[LogEvent[Payload]]:
     stale = []
     for event in events:
         if event.type != EventType.LLM_INVOCATION_COMPLETED:
@@ -66,7 +66,7 @@ def _stale_invocations(events: Iterable[Event]) -> list[Event]:
     return stale
 
 
-def platform_cost_total(events: Iterable[Event]) -> Decimal:
+def platform_cost_total(events: Iterable[LogEvent[Payload]]) -> Decimal:
     """What the stale-claim invocations of ``events`` cost the platform (at their stamped
     prices; invocations that cannot be priced count zero)."""
     total = ZERO
@@ -108,7 +108,7 @@ def _differences(actual: LedgerLine | LedgerEntry, expected: LedgerLine) -> list
 
 
 def find_anomalies(
-    events: Iterable[Event],
+    events: Iterable[LogEvent[Payload]],
     lines: Iterable[LedgerLine | LedgerEntry],
     policy_flags_conflict: bool = False,
 ) -> list[Anomaly]:
@@ -127,7 +127,7 @@ def find_anomalies(
             )
         )
 
-    by_id: dict[str, Event] = {}
+    by_id: dict[str, LogEvent[Payload]] = {}
     for event in sorted(events, key=lambda e: e.seq):
         by_id.setdefault(event.event_id, event)
     replayed = project(by_id.values())

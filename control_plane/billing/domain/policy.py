@@ -25,7 +25,7 @@ from typing import Any
 
 from control_plane.billing.domain.errors import BillingFlagsError
 from control_plane.billing.domain.pricing import PriceTable, rate_str
-from shared.events import Event, EventType
+from shared.events import BillingPolicyChanged, EventType, LogEvent, Payload
 
 
 def validate_flags(bill_llm_from_workunit_completed: bool, bill_llm_from_invocation: bool) -> None:
@@ -53,21 +53,21 @@ DEFAULT_POLICY = BillingPolicy()
 """The policy in force before the first ``billing.policy.changed`` event."""
 
 
-def policy_from_event(event: Event) -> BillingPolicy | None:
+def policy_from_event(event: LogEvent[Payload]) -> BillingPolicy | None:
     """The policy a ``billing.policy.changed`` event sets, or ``None`` if the event is of
-    another type, malformed, or turns both flags on (a change that is never applied)."""
-    if event.type != EventType.BILLING_POLICY_CHANGED:
+    another type, malformed (its payload did not validate: flags that are not booleans...), or
+    turns both flags on (a change that is never applied)."""
+    payload = event.payload
+    if not isinstance(payload, BillingPolicyChanged):
         return None
-    from_completed = event.payload.get("bill_llm_from_workunit_completed")
-    from_invocation = event.payload.get("bill_llm_from_invocation")
-    if not isinstance(from_completed, bool) or not isinstance(from_invocation, bool):
-        return None
+    from_completed = payload.bill_llm_from_workunit_completed
+    from_invocation = payload.bill_llm_from_invocation
     if from_completed and from_invocation:
         return None
     return BillingPolicy(from_completed, from_invocation)
 
 
-def is_flag_conflict(event: Event) -> bool:
+def is_flag_conflict(event: LogEvent[Payload]) -> bool:
     """Whether ``event`` is a ``billing.policy.changed`` that could not be applied: both flags
     on, or flags that are not booleans."""
     if event.type != EventType.BILLING_POLICY_CHANGED:
@@ -75,7 +75,7 @@ def is_flag_conflict(event: Event) -> bool:
     return policy_from_event(event) is None
 
 
-def fold_policy(policy: BillingPolicy, event: Event) -> BillingPolicy:
+def fold_policy(policy: BillingPolicy, event: LogEvent[Payload]) -> BillingPolicy:
     """The policy in force after ``event``: the one it sets if it is a valid
     ``billing.policy.changed``, else ``policy`` unchanged."""
     new = policy_from_event(event)

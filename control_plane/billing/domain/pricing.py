@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from control_plane.billing.domain.errors import PriceTableError
-from shared.events import Event, EventType
+from shared.events import BillingPolicyChanged, BillingPriceChanged, LogEvent, Payload
 from shared.money import parse_rate
 
 DEFAULT_MODEL = "default"
@@ -177,27 +177,24 @@ def price_changed_payload(table: PriceTable, model: str) -> dict[str, Any]:
     }
 
 
-def apply_price_event(table: PriceTable, event: Event) -> PriceTable:
+def apply_price_event(table: PriceTable, event: LogEvent[Payload]) -> PriceTable:
     """Fold a ``billing.price.changed`` (a model's rates) or ``billing.policy.changed`` (the CPU
     rate) event into ``table``; the result carries the event's ``price_version`` (never lower
     than the table's). Other events, and events with malformed prices, leave it unchanged."""
     payload = event.payload
     try:
-        version = payload["price_version"]
-        if isinstance(version, bool) or not isinstance(version, int):
-            return table
-        version = max(version, table.price_version)
-        if event.type == EventType.BILLING_PRICE_CHANGED:
-            model = payload["model"]
-            if not isinstance(model, str) or not model:
+        if isinstance(payload, BillingPriceChanged):
+            if not payload.model:
                 return table
             models = dict(table.models)
-            models[model] = ModelPrice(
-                rate(payload["usd_per_1m_in"]), rate(payload["usd_per_1m_out"])
+            models[payload.model] = ModelPrice(
+                rate(payload.usd_per_1m_in), rate(payload.usd_per_1m_out)
             )
+            version = max(payload.price_version, table.price_version)
             return PriceTable(version, table.usd_per_cpu_s, models)
-        if event.type == EventType.BILLING_POLICY_CHANGED:
-            return PriceTable(version, rate(payload["usd_per_cpu_s"]), table.models)
-    except (KeyError, PriceTableError):
+        if isinstance(payload, BillingPolicyChanged):
+            version = max(payload.price_version, table.price_version)
+            return PriceTable(version, rate(payload.usd_per_cpu_s), table.models)
+    except PriceTableError:
         return table
     return table

@@ -38,11 +38,11 @@ from control_plane.billing.domain.policy import (
 )
 from control_plane.billing.domain.rules import LedgerLine, LineKey, lines_for_event
 from control_plane.billing.domain.wallets import WalletState, empty_wallet, fold_wallets
-from shared.events import Event
+from shared.events import LogEvent, Payload
 from shared.wire import LedgerEntry, ReplayReport, Wallet
 
 
-def _seq(event: Event) -> int:
+def _seq(event: LogEvent[Payload]) -> int:
     return event.seq
 
 
@@ -59,7 +59,9 @@ class BatchResult:
     flag_conflicts: list[str]
 
 
-def bill_events(policy: BillingPolicy, events: Iterable[Event], after_seq: int = 0) -> BatchResult:
+def bill_events(
+    policy: BillingPolicy, events: Iterable[LogEvent[Payload]], after_seq: int = 0
+) -> BatchResult:
     """Fold events with seq above ``after_seq``, in seq order, each one seq at most once.
 
     Each event is billed under the policy in force before it, then folded into the policy.
@@ -123,7 +125,7 @@ class BillingState:
         return digest(self.lines.values(), self.wallets)
 
 
-def project(events: Iterable[Event], state: BillingState | None = None) -> BillingState:
+def project(events: Iterable[LogEvent[Payload]], state: BillingState | None = None) -> BillingState:
     """Fold ``events`` into ``state`` (an empty state if ``None``); ``state`` is not changed."""
     state = state if state is not None else BillingState()
     batch = bill_events(state.policy, events, state.last_seq)
@@ -149,7 +151,7 @@ def project(events: Iterable[Event], state: BillingState | None = None) -> Billi
 
 
 def verify_replay(
-    events: Iterable[Event],
+    events: Iterable[LogEvent[Payload]],
     live_lines: Iterable[LedgerLine | LedgerEntry],
     live_wallets: Iterable[WalletState | Wallet] | Mapping[str, WalletState | Wallet],
     up_to_seq: int | None = None,

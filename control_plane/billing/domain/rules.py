@@ -12,6 +12,12 @@ Lines:
   usd_per_1m_out / 10^6``. A stale-claim invocation is platform cost, never a tenant line.
 - Every other event gives no line.
 
+Events arrive typed (``shared.events.LogEvent``: the codec validated each payload against its
+type's model, with strict types). A billable event whose payload did not validate, or that lacks
+what its line needs (a tenant, non-negative counts, rates that parse, a model name), raises
+``InvalidBillableEvent``; the projection keeps it aside and the anomaly checker reports it as
+``unbillable_event``. An invocation the policy in force does not bill from is not read at all.
+
 Prices come only from the event's ``pricing`` stamp (never from a table or settings), and the
 line's ``pricing`` repeats them so any line can be recomputed from itself (``recompute_amount``).
 
@@ -28,7 +34,7 @@ except for the ``llm_usage`` lines of a completion; ``entry_id`` is derived from
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import (
@@ -47,7 +53,15 @@ from control_plane.billing.domain.errors import InvalidBillableEvent
 from control_plane.billing.domain.policy import BillingPolicy
 from control_plane.billing.domain.pricing import rate_str
 from shared.enums import LineItemType
-from shared.events import Event, EventType
+from shared.events import (
+    EventType,
+    LlmInvocationCompleted,
+    LlmUsage,
+    LogEvent,
+    Payload,
+    UnreadablePayload,
+    WorkUnitCompleted,
+)
 from shared.money import parse_rate, quantize_usd
 from shared.wire import LedgerEntry
 
@@ -220,63 +234,53 @@ def _nonneg_int(value: object) -> int:
     return value
 
 
-# --------------------------------------------------------------------------- reading payloads
+# --------------------------------------------------------------------------- reading events
 
 
-class _Reader:
-    """Pulls typed fields out of an event payload, raising ``InvalidBillableEvent``."""
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-
-    def fail(self, reason: str) -> InvalidBillableEvent:
-        return InvalidBillableEvent(self.event.event_id, reason)
-
-    def count(self, mapping: Mapping[str, Any], key: str, where: str) -> int:
-        value = mapping.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.fail(f"{where}{key} must be a non-negative integer, got {value!r}")
-        return value
-
-    def rate(self, mapping: Mapping[str, Any], key: str, where: str) -> Decimal:
-        try:
-            return parse_rate(mapping.get(key))
-        except ValueError as exc:
-            raise self.fail(f"{where}{key}: {exc}") from exc
-
-    def version(self, mapping: Mapping[str, Any], where: str) -> int:
-        value = mapping.get("price_version")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"{where}price_version must be an integer, got {value!r}")
-        return value
-
-    def stamp(self, mapping: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-        value = mapping.get("pricing")
-        if not isinstance(value, Mapping):
-            raise self.fail(f"{where}pricing stamp missing")
-        return value
-
-    def model(self, mapping: Mapping[str, Any], stamp: Mapping[str, Any], where: str) -> str:
-        value = mapping.get("model", stamp.get("model"))
-        if not isinstance(value, str) or not value:
-            raise self.fail(f"{where}model must be a non-empty string")
-        return value
-
-    def tenant(self) -> str:
-        if not self.event.tenant_id:
-            raise self.fail("no tenant_id")
-        return self.event.tenant_id
+def _unbillable(event: LogEvent[Payload], reason: str) -> InvalidBillableEvent:
+    return InvalidBillableEvent(event.event_id, reason)
 
 
-def _session_of(event: Event) -> str:
+def _unreadable(event: LogEvent[Payload]) -> InvalidBillableEvent:
+    """A billable event whose payload did not validate against its model (the codec's reason
+    names the fields)."""
+    payload = event.payload
+    if isinstance(payload, UnreadablePayload):
+        return _unbillable(event, payload.error)
+    return _unbillable(event, f"payload is not a {event.type} payload")
+
+
+def _tenant(event: LogEvent[Payload]) -> str:
+    if not event.tenant_id:
+        raise _unbillable(event, "no tenant_id")
+    return event.tenant_id
+
+
+def _count(event: LogEvent[Payload], value: int, where: str) -> int:
+    # the type is the schema's; that a count is not negative is billing's rule
+    if value < 0:
+        raise _unbillable(event, f"{where} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _rate(event: LogEvent[Payload], value: str, where: str) -> Decimal:
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise _unbillable(event, f"{where}: {exc}") from exc
+
+
+def _session_of(
+    event: LogEvent[Payload], payload: WorkUnitCompleted | LlmInvocationCompleted
+) -> str:
     if event.correlation_id:
         return event.correlation_id
-    value = event.payload.get("execution_session_id")
-    return value if isinstance(value, str) else ""
+    return payload.execution_session_id or ""
 
 
 def _line(
-    event: Event,
+    event: LogEvent[Payload],
+    session: str,
     tenant_id: str,
     line_item_type: LineItemType,
     quantity: str,
@@ -292,7 +296,7 @@ def _line(
         line_item_type=line_item_type,
         tenant_id=tenant_id,
         work_unit_id=event.stream_id,
-        execution_session_id=_session_of(event),
+        execution_session_id=session,
         quantity=quantity,
         unit=unit,
         pricing=MappingProxyType(pricing),
@@ -303,30 +307,34 @@ def _line(
 
 
 def _token_line(
-    reader: _Reader,
+    event: LogEvent[Payload],
+    session: str,
     tenant_id: str,
-    usage: Mapping[str, Any],
+    usage: LlmUsage | LlmInvocationCompleted,
     where: str,
     sub_key: str = "",
     extra: Mapping[str, Any] | None = None,
 ) -> LedgerLine:
-    stamp = reader.stamp(usage, where)
-    tokens_in = reader.count(usage, "tokens_in", where)
-    tokens_out = reader.count(usage, "tokens_out", where)
-    usd_in = reader.rate(stamp, "usd_per_1m_in", f"{where}pricing.")
-    usd_out = reader.rate(stamp, "usd_per_1m_out", f"{where}pricing.")
+    stamp = usage.pricing
+    tokens_in = _count(event, usage.tokens_in, f"{where}tokens_in")
+    tokens_out = _count(event, usage.tokens_out, f"{where}tokens_out")
+    usd_in = _rate(event, stamp.usd_per_1m_in, f"{where}pricing.usd_per_1m_in")
+    usd_out = _rate(event, stamp.usd_per_1m_out, f"{where}pricing.usd_per_1m_out")
+    if not usage.model:
+        raise _unbillable(event, f"{where}model must be a non-empty string")
     pricing: dict[str, Any] = {
-        "model": reader.model(usage, stamp, where),
+        "model": usage.model,
         "tokens_in": tokens_in,
         "tokens_out": tokens_out,
         "usd_per_1m_in": rate_str(usd_in),
         "usd_per_1m_out": rate_str(usd_out),
-        "price_version": reader.version(stamp, f"{where}pricing."),
+        "price_version": stamp.price_version,
     }
     if extra:
         pricing.update(extra)
     return _line(
-        reader.event,
+        event,
+        session,
         tenant_id,
         LineItemType.LLM_TOKENS,
         str(tokens_in + tokens_out),
@@ -337,20 +345,21 @@ def _token_line(
     )
 
 
-def _lines_for_completed(event: Event, policy: BillingPolicy) -> list[LedgerLine]:
-    reader = _Reader(event)
-    tenant_id = reader.tenant()
-    payload = event.payload
-    cpu_ms = reader.count(payload, "cpu_ms", "")
-    stamp = reader.stamp(payload, "")
-    usd_per_cpu_s = reader.rate(stamp, "usd_per_cpu_s", "pricing.")
+def _lines_for_completed(
+    event: LogEvent[Payload], payload: WorkUnitCompleted, policy: BillingPolicy
+) -> list[LedgerLine]:
+    tenant_id = _tenant(event)
+    session = _session_of(event, payload)
+    cpu_ms = _count(event, payload.cpu_ms, "cpu_ms")
+    usd_per_cpu_s = _rate(event, payload.pricing.usd_per_cpu_s, "pricing.usd_per_cpu_s")
     pricing: dict[str, Any] = {
         "usd_per_cpu_s": rate_str(usd_per_cpu_s),
-        "price_version": reader.version(stamp, "pricing."),
+        "price_version": payload.pricing.price_version,
     }
     lines = [
         _line(
             event,
+            session,
             tenant_id,
             LineItemType.WORKUNIT_CPU,
             f"{cpu_seconds(cpu_ms):.6f}",
@@ -360,15 +369,11 @@ def _lines_for_completed(event: Event, policy: BillingPolicy) -> list[LedgerLine
         )
     ]
     if policy.bill_llm_from_workunit_completed:
-        usages = payload.get("llm_usage") or []
-        if not isinstance(usages, list):
-            raise reader.fail("llm_usage must be a list")
-        for index, usage in enumerate(usages):
-            if not isinstance(usage, Mapping):
-                raise reader.fail(f"llm_usage[{index}] must be an object")
+        for index, usage in enumerate(payload.llm_usage):
             lines.append(
                 _token_line(
-                    reader,
+                    event,
+                    session,
                     tenant_id,
                     usage,
                     f"llm_usage[{index}].",
@@ -379,40 +384,38 @@ def _lines_for_completed(event: Event, policy: BillingPolicy) -> list[LedgerLine
     return lines
 
 
-def is_stale_claim(event: Event) -> bool:
-    """Whether an ``llm.invocation.completed`` event is spend under a lost claim."""
-    value = event.payload.get("stale_claim", False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise InvalidBillableEvent(event.event_id, f"stale_claim must be a boolean: {value!r}")
-    return value
+def _invocation(event: LogEvent[Payload]) -> LlmInvocationCompleted:
+    if isinstance(event.payload, LlmInvocationCompleted):
+        return event.payload
+    raise _unreadable(event)
 
 
-def invocation_line(event: Event) -> LedgerLine:
+def is_stale_claim(event: LogEvent[Payload]) -> bool:
+    """Whether an ``llm.invocation.completed`` event is spend under a lost claim (raises
+    ``InvalidBillableEvent`` when its payload is unreadable)."""
+    return _invocation(event).stale_claim
+
+
+def invocation_line(event: LogEvent[Payload]) -> LedgerLine:
     """The line an ``llm.invocation.completed`` event would give, whatever the policy and the
     stale-claim mark say (the anomaly checker prices platform cost with it)."""
-    reader = _Reader(event)
-    return _token_line(reader, reader.tenant(), event.payload, "")
+    payload = _invocation(event)
+    return _token_line(event, _session_of(event, payload), _tenant(event), payload, "")
 
 
-def _lines_for_invocation(event: Event, policy: BillingPolicy) -> list[LedgerLine]:
-    if not policy.bill_llm_from_invocation or is_stale_claim(event):
-        return []
-    return [invocation_line(event)]
-
-
-_RULES: dict[str, Callable[[Event, BillingPolicy], list[LedgerLine]]] = {
-    EventType.WORKUNIT_COMPLETED.value: _lines_for_completed,
-    EventType.LLM_INVOCATION_COMPLETED.value: _lines_for_invocation,
-}
-
-
-def lines_for_event(event: Event, policy: BillingPolicy) -> list[LedgerLine]:
+def lines_for_event(event: LogEvent[Payload], policy: BillingPolicy) -> list[LedgerLine]:
     """The ledger lines ``event`` gives under ``policy`` (the policy in force before it).
 
-    Raises ``InvalidBillableEvent`` when a billable event lacks what its lines need; events
-    of any other type give ``[]``.
+    Raises ``InvalidBillableEvent`` when a billable event lacks what its lines need (or its
+    payload does not validate against its model); events of any other type give ``[]``.
     """
-    rule = _RULES.get(event.type)
-    return [] if rule is None else rule(event, policy)
+    payload = event.payload
+    if isinstance(payload, WorkUnitCompleted):
+        return _lines_for_completed(event, payload, policy)
+    if event.type == EventType.LLM_INVOCATION_COMPLETED and not policy.bill_llm_from_invocation:
+        return []  # not billed from here under this policy, readable or not
+    if isinstance(payload, LlmInvocationCompleted):
+        return [] if payload.stale_claim else [invocation_line(event)]
+    if event.type in BILLABLE_TYPES:
+        raise _unreadable(event)
+    return []
