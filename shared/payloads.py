@@ -132,8 +132,7 @@ PAYLOAD_MODELS: Mapping[WorkUnitKind, type[CpuPayload] | type[LlmPodPayload]] = 
 
 _BY_NAME = {kind.value: model for kind, model in PAYLOAD_MODELS.items()}
 
-# What each field must be, by path ("*" is a list index); the messages of PayloadError.
-_RULES: dict[tuple[str, ...], str] = {
+FIELD_RULES: Mapping[tuple[str, ...], str] = {
     ("handler",): "a non-empty string",
     ("args",): "an object",
     ("timeout_s",): "a positive number",
@@ -145,6 +144,8 @@ _RULES: dict[tuple[str, ...], str] = {
     ("model",): "a non-empty string",
     ("max_tokens",): "a positive integer",
 }
+"""What each field must be, by its path (``"*"`` stands for a list index): the words of every
+``PayloadError``, one sentence per field whatever the way it was broken."""
 
 
 @overload
@@ -196,11 +197,11 @@ def _payload_error(kind: str, exc: ValidationError) -> PayloadError:
     path = ""
     for part in loc:
         step = "*" if isinstance(part, int) else part
-        if (*key, step) not in _RULES:
+        if (*key, step) not in FIELD_RULES:
             break
         key = (*key, step)
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
-    rule = _RULES.get(key)
+    rule = FIELD_RULES.get(key)
     if rule is None:  # a field without a rule of its own: say what pydantic says
         where = ".".join(str(p) for p in loc)
         return PayloadError(f"{kind} payload '{where}': {error['msg']}", kind=kind, field=where)
