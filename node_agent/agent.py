@@ -54,6 +54,7 @@ from node_agent.logs import log_event
 from node_agent.settings import AgentSettings
 from node_agent.state import NodeState
 from shared.enums import CapacityMode, WorkUnitKind
+from shared.payloads import payload_timeout_s
 from shared.wire import (
     ClaimReply,
     CompleteRequest,
@@ -105,11 +106,10 @@ class HeldUnit:
 
 
 def unit_timeout_s(payload: Mapping[str, Any], default: float) -> float:
-    """``payload.timeout_s`` when it is a positive number, else ``default``."""
-    value = payload.get("timeout_s")
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return default
+    """``payload.timeout_s`` by the payload schema's rule (``shared.payloads``), else
+    ``default``."""
+    value = payload_timeout_s(payload)
+    return default if value is None else float(value)
 
 
 class Agent:

@@ -45,7 +45,7 @@ def budget_hook(uow: UnitOfWork, tenant_id: str, fresh: Sequence[Any]) -> None:
     table = load_table(uow.conn)
     total = 0
     for acc in fresh:
-        acc.est_cost_micros = to_micros(estimate_unit_cost(acc.item.kind, acc.item.payload, table))
+        acc.est_cost_micros = to_micros(estimate_unit_cost(acc.item.kind, acc.payload, table))
         total += acc.est_cost_micros
     if row.budget_micros is not None:
         catch_up_in(uow)

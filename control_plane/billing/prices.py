@@ -23,7 +23,7 @@ from control_plane.billing.domain.pricing import cpu_stamp as _cpu_stamp
 from control_plane.billing.domain.pricing import token_stamp as _token_stamp
 from control_plane.db.tables import billing_policy, prices
 from control_plane.db.uow import UnitOfWork
-from control_plane.eventlog.emit import emit
+from control_plane.eventlog.emit import emit, emit_all, event
 from shared.events import BillingPolicyChanged, BillingPriceChanged, CpuPricing, TokenPricing
 
 
@@ -104,18 +104,31 @@ def set_model_price(uow: UnitOfWork, table: PriceTable, model: str) -> None:
     emit(uow, BillingPriceChanged.model_validate(payload), stream_id="billing")
 
 
+def _seed_prices(uow: UnitOfWork, table: PriceTable) -> None:
+    """Every model of ``table`` as a price row and a ``billing.price.changed`` event, in name
+    order, with one statement for the rows and one append for the events."""
+    names = sorted(table.models)
+    payloads = [price_changed_payload(table, model) for model in names]
+    uow.conn.execute(delete(prices).where(prices.c.model.in_(names)))
+    uow.conn.execute(prices.insert(), payloads)
+    emit_all(
+        uow,
+        [event(BillingPriceChanged.model_validate(p), stream_id="billing") for p in payloads],
+    )
+
+
 def ensure_billing(
     uow: UnitOfWork, from_completed: bool, from_invocation: bool, usd_per_cpu_s: Decimal
 ) -> None:
-    """At start: seed the price table (version 1) if the log has none, and record the billing
-    flags and CPU rate in force when they differ from what the log says."""
+    """At start: seed the price table (version 1, ``shared.prices``'s default prices) if the
+    log has none, and record the billing flags and CPU rate in force when they differ from what
+    the log says."""
     wanted = BillingPolicy(from_completed, from_invocation)
     try:
         table = load_table(uow.conn)
     except PricingMissing:
         table = default_price_table(usd_per_cpu_s)
-        for model in sorted(table.models):
-            set_model_price(uow, table, model)
+        _seed_prices(uow, table)
         _write_policy(uow, wanted, table)
         return
     current = load_policy(uow.conn)

@@ -33,6 +33,7 @@ from control_plane.scheduling.scheduler import SchedulerContext, schedule_pendin
 from control_plane.units import lifecycle
 from control_plane.units.rows import WORK_UNIT_COLUMNS, to_work_unit
 from control_plane.units.validation import validate_payload, validate_text
+from shared.payloads import UnitPayload
 from shared.wire import BatchItem, WorkUnit, WorkUnitSubmit
 
 BudgetHook = Callable[[UnitOfWork, str, Sequence["Accepted"]], None]
@@ -56,6 +57,7 @@ class Accepted:
     item: WorkUnitSubmit
     idempotency_key: str | None
     request_hash: str
+    payload: UnitPayload  # the item's payload, parsed once (the item's dict is what is stored)
     est_cost_micros: int = 0
 
 
@@ -124,7 +126,7 @@ def _submit(
             continue
         try:
             validate_text(item, key)
-            validate_payload(item.kind, item.payload)
+            parsed = validate_payload(item.kind, item.payload)
         except KrakoError as exc:
             outcomes[i] = Outcome(exc.status, error=exc)
             continue
@@ -151,7 +153,7 @@ def _submit(
             )
             outcomes[i] = Outcome(429, error=err)
             continue
-        acc = Accepted(new_id("wu"), item, key, digest)
+        acc = Accepted(new_id("wu"), item, key, digest, parsed)
         accepted.append((i, acc))
         if key is not None:
             new_keys[key] = acc

@@ -1,6 +1,7 @@
 """What a submitted unit (or a node's report) must look like before it may enter the log.
 
-``validate_payload`` checks a payload against its kind's schema; ``ensure_storable`` refuses
+``validate_payload`` checks a payload against its kind's schema (the one in
+``shared.payloads``, which the agent's executors use too); ``ensure_storable`` refuses
 JSON values the log cannot store (on every backend alike); ``validate_text`` refuses NUL
 characters, which PostgreSQL text cannot hold. Each raises ``BadRequest`` (422).
 """
@@ -15,40 +16,19 @@ from pydantic import BaseModel
 
 from control_plane.errors import BadRequest
 from shared.enums import WorkUnitKind
+from shared.payloads import PayloadError, UnitPayload, parse_payload
 from shared.wire import WorkUnitSubmit
 
 
-def validate_payload(kind: WorkUnitKind, payload: dict[str, Any]) -> None:
-    """The shape a payload must have for its kind (API.md); raises BadRequest."""
-    if kind is WorkUnitKind.CPU:
-        handler = payload.get("handler")
-        if not isinstance(handler, str) or not handler.strip():
-            raise BadRequest("cpu payload needs a non-empty string 'handler'")
-        args = payload.get("args", {})
-        if not isinstance(args, dict):
-            raise BadRequest("cpu payload 'args' must be an object")
-    else:
-        prompt, messages = payload.get("prompt"), payload.get("messages")
-        if prompt is None and messages is None:
-            raise BadRequest("llm_pod payload needs 'prompt' (string) or 'messages' (list)")
-        if prompt is not None and not isinstance(prompt, str):
-            raise BadRequest("llm_pod 'prompt' must be a string")
-        if messages is not None and (not isinstance(messages, list) or not messages):
-            raise BadRequest("llm_pod 'messages' must be a non-empty list")
-        model = payload.get("model")
-        if model is not None and (not isinstance(model, str) or not model):
-            raise BadRequest("llm_pod 'model' must be a non-empty string")
-        max_tokens = payload.get("max_tokens")
-        if max_tokens is not None and (
-            not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-        ):
-            raise BadRequest("llm_pod 'max_tokens' must be a positive integer")
+def validate_payload(kind: WorkUnitKind, payload: dict[str, Any]) -> UnitPayload:
+    """The typed payload, by its kind's schema (``shared.payloads``, API.md), once it is also
+    storable; raises BadRequest. The payload itself is stored as sent: the model only reads it."""
+    try:
+        parsed = parse_payload(kind, payload)
+    except PayloadError as exc:
+        raise BadRequest(exc.message) from None
     ensure_storable(payload, "payload")
-    timeout = payload.get("timeout_s")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise BadRequest("'timeout_s' must be a positive number")
+    return parsed
 
 
 def validate_text(item: WorkUnitSubmit, key: str | None) -> None:

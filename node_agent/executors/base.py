@@ -12,9 +12,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
+from node_agent.errors import InvalidPayloadError
 from shared.enums import WorkUnitKind
+from shared.payloads import CpuPayload, LlmPodPayload, PayloadError, parse_payload
 from shared.wire import WorkUnit
 
 
@@ -67,6 +69,19 @@ class Executor(Protocol):
     async def aclose(self) -> None:
         """Release what the executor holds (threads, HTTP clients)."""
         ...
+
+
+@overload
+def parse_unit_payload(kind: Literal[WorkUnitKind.CPU], payload: Any) -> CpuPayload: ...
+@overload
+def parse_unit_payload(kind: Literal[WorkUnitKind.LLM_POD], payload: Any) -> LlmPodPayload: ...
+def parse_unit_payload(kind: WorkUnitKind, payload: Any) -> CpuPayload | LlmPodPayload:
+    """A unit's payload by its kind's schema (``shared.payloads``, the control plane's own);
+    a payload that breaks it raises the non-retryable ``InvalidPayloadError``."""
+    try:
+        return parse_payload(kind, payload)
+    except PayloadError as exc:
+        raise InvalidPayloadError(exc.message) from None
 
 
 def cpu_ms(seconds: float) -> int:

@@ -9,9 +9,9 @@ Handlers come from, in increasing precedence: the built-ins (``noop``, ``sleep``
 ``sha256``), the ``krako.handlers`` entry-point group of installed packages, and
 ``--handler name=module:function``.
 
-Failures: an unknown handler or malformed payload is a non-retryable failure; a handler that
-raises fails the attempt as retryable, unless it raised
-:class:`~node_agent.errors.NonRetryableError`.
+Failures: an unknown handler or a payload that breaks the ``cpu`` schema (``shared.payloads``,
+the one the control plane checks at submit) is a non-retryable failure; a handler that raises
+fails the attempt as retryable, unless it raised :class:`~node_agent.errors.NonRetryableError`.
 
 CPU time is the worker thread's own CPU time (``time.thread_time``) around the handler, so
 concurrent units do not inflate each other's bill. ``noop`` runs inline on the event loop:
@@ -40,7 +40,7 @@ from node_agent.errors import (
     InvalidPayloadError,
     UnknownHandlerError,
 )
-from node_agent.executors.base import Job, Success, cpu_ms
+from node_agent.executors.base import Job, Success, cpu_ms, parse_unit_payload
 from node_agent.logs import log_event
 from shared.enums import WorkUnitKind
 
@@ -251,17 +251,14 @@ class CpuExecutor:
 
     async def execute(self, job: Job) -> Success:
         """Run the unit's handler and measure its CPU time."""
-        payload = job.unit.payload
-        name = payload.get("handler")
-        if not isinstance(name, str) or not name:
-            raise InvalidPayloadError("cpu payload needs a 'handler' name")
-        handler = self.handlers.get(name)
+        payload = parse_unit_payload(WorkUnitKind.CPU, job.unit.payload)
+        handler = self.handlers.get(payload.handler)
         if handler is None:
             known = ", ".join(sorted(self.handlers))
-            raise UnknownHandlerError(f"unknown handler {name!r} (this agent has: {known})")
-        args = payload.get("args") or {}
-        if not isinstance(args, dict):
-            raise InvalidPayloadError("cpu payload 'args' must be an object")
+            raise UnknownHandlerError(
+                f"unknown handler {payload.handler!r} (this agent has: {known})"
+            )
+        args = payload.args
         ctx = HandlerContext(unit_id=job.unit.id, attempt=job.attempt, cancelled=job.cancelled)
         if handler.inline:
             result, used_ms = _run_timed(handler, args, ctx)

@@ -1,7 +1,10 @@
 """The ``llm_pod`` executor: one LLM call per unit, telemetry first, then the result.
 
 Payload: ``{"prompt": str}`` or ``{"messages": [...]}``, optional ``model`` and
-``max_tokens``. Each call is returned as an :class:`Invocation` with the id
+``max_tokens``, by the schema of ``shared.payloads`` (the one the control plane checks at
+submit; a payload that breaks it fails the unit as non-retryable).
+
+Each call is returned as an :class:`Invocation` with the id
 ``"{unit_id}-{attempt}-{n}"`` (``n`` counts calls within the attempt, from 0); the agent
 reports it (``llm-invocations``) before it completes the unit with
 ``{"text", "model", "usage": {"tokens_in", "tokens_out", "total_tokens"}}``.
@@ -15,38 +18,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from node_agent.errors import InvalidPayloadError
-from node_agent.executors.base import Invocation, Job, Success, cpu_ms
+from node_agent.executors.base import Invocation, Job, Success, cpu_ms, parse_unit_payload
 from node_agent.llm.base import LlmClient, LlmRequest
 from node_agent.llm.pricing import PriceTable
 from shared.enums import WorkUnitKind
 
 
 def parse_llm_payload(payload: dict[str, Any], default_model: str) -> LlmRequest:
-    """The request an ``llm_pod`` payload describes; ``InvalidPayloadError`` if malformed."""
-    prompt = payload.get("prompt")
-    messages = payload.get("messages")
-    if messages is not None:
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
-        ):
-            raise InvalidPayloadError("llm_pod 'messages' must be a non-empty list of {role, ...}")
-        chat: list[dict[str, Any]] = messages
-    elif isinstance(prompt, str):
-        chat = [{"role": "user", "content": prompt}]
-    else:
-        raise InvalidPayloadError("llm_pod payload needs 'prompt' (string) or 'messages' (list)")
-    model = payload.get("model") or default_model
-    if not isinstance(model, str):
-        raise InvalidPayloadError("llm_pod 'model' must be a string")
-    max_tokens = payload.get("max_tokens")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise InvalidPayloadError("llm_pod 'max_tokens' must be a positive integer")
-    return LlmRequest(messages=chat, model=model, max_tokens=max_tokens)
+    """The request an ``llm_pod`` payload describes (``default_model`` when it names none);
+    ``InvalidPayloadError`` (non-retryable) if it breaks the schema."""
+    parsed = parse_unit_payload(WorkUnitKind.LLM_POD, payload)
+    return LlmRequest(
+        messages=parsed.chat(), model=parsed.model or default_model, max_tokens=parsed.max_tokens
+    )
 
 
 class LlmPodExecutor:

@@ -120,10 +120,40 @@ def test_unknown_handler_is_a_clear_non_retryable_failure() -> None:
     }
 
 
-@pytest.mark.parametrize("payload", [{}, {"handler": ""}, {"handler": "noop", "args": [1]}])
-def test_malformed_payload_is_not_retryable(payload: dict[str, Any]) -> None:
-    with pytest.raises(InvalidPayloadError):
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({}, "cpu payload needs 'handler', a non-empty string"),
+        ({"handler": ""}, "cpu payload 'handler' must be a non-empty string"),
+        ({"handler": " "}, "cpu payload 'handler' must be a non-empty string"),
+        ({"handler": 3}, "cpu payload 'handler' must be a non-empty string"),
+        ({"handler": "noop", "args": [1]}, "cpu payload 'args' must be an object"),
+        ({"handler": "noop", "args": None}, "cpu payload 'args' must be an object"),
+        (
+            {"handler": "noop", "timeout_s": "5"},
+            "cpu payload 'timeout_s' must be a positive number",
+        ),
+    ],
+)
+def test_malformed_payload_is_not_retryable(payload: dict[str, Any], message: str) -> None:
+    # the schema and the messages are the control plane's own (shared.payloads)
+    with pytest.raises(InvalidPayloadError) as info:
         run(executor(), payload)
+    assert info.value.retryable is False
+    assert info.value.message == message
+
+
+def test_handler_gets_the_args_and_extra_keys_do_not_matter() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def probe(args: dict[str, Any]) -> dict[str, Any]:
+        seen.append(args)
+        return {"ok": True}
+
+    result = run(executor(probe=probe), {"handler": "probe", "args": {"x": [1]}, "note": "n"})
+    assert result.result == {"ok": True} and seen == [{"x": [1]}]
+    run(executor(probe=probe), {"handler": "probe"})
+    assert seen[-1] == {}
 
 
 def test_raising_handler_is_retryable_unless_it_says_otherwise() -> None:

@@ -60,14 +60,20 @@ def test_stub_reads_messages_including_multipart_content() -> None:
     assert reply.tokens_in == 4
 
 
-def test_prices_estimate_with_exact_decimals_and_prefixes() -> None:
+def test_prices_estimate_with_exact_decimals_and_prefixes(caplog: pytest.LogCaptureFixture) -> None:
     table = PriceTable()
     # 1000 in at 0.15/1M + 500 out at 0.60/1M = 0.00015 + 0.0003
     assert table.estimate("gpt-4o-mini", 1000, 500) == Decimal("0.000450")
     # A dated variant uses the longest matching entry (gpt-4o-mini, not gpt-4o).
     assert table.estimate("gpt-4o-mini-2024-07-18", 1000, 500) == Decimal("0.000450")
     assert table.estimate("gpt-4o", 1000, 1000) == Decimal("0.012500")
-    assert table.estimate("unknown-model", 10**6, 10**6) == Decimal("0.000000")
+    # A model without an entry is priced by the default entry (2.50 / 10.00), as the
+    # control plane prices it, and that is logged once per model.
+    with caplog.at_level("WARNING", logger="krako.agent"):
+        assert table.estimate("unknown-model", 10**6, 10**6) == Decimal("12.500000")
+        # 12.5/1M = 0.0000125: rounded once, half to even
+        assert table.estimate("unknown-model", 1, 1) == Decimal("0.000012")
+    assert [r.getMessage() for r in caplog.records] == ["llm_price_default"]
     # Rounded once, half to even: 1 token at 0.15/1M is 0.00000015 -> 0.000000.
     assert table.estimate("gpt-4o-mini", 1, 0) == Decimal("0.000000")
     assert str(table.estimate("gpt-4o-mini", 10, 10)) == "0.000008"
@@ -91,6 +97,9 @@ def test_price_overrides_from_settings_json(monkeypatch: pytest.MonkeyPatch) -> 
         {"prompt": 3},
         {"messages": []},
         {"messages": [{"content": "no role"}]},
+        {"messages": ["hi"]},
+        {"messages": [{"role": "user", "content": 5}]},
+        {"messages": [{"role": 1, "content": "x"}]},
         {"prompt": "x", "max_tokens": 0},
         {"prompt": "x", "max_tokens": True},
         {"prompt": "x", "model": 7},
@@ -100,6 +109,43 @@ def test_bad_llm_payloads_are_not_retryable(payload: dict[str, Any]) -> None:
     with pytest.raises(InvalidPayloadError) as info:
         parse_llm_payload(payload, "gpt-4o-mini")
     assert info.value.retryable is False
+
+
+def test_an_llm_pod_unit_with_string_messages_fails_as_non_retryable() -> None:
+    # {"messages": ["hi"]} was once accepted at submit and then failed here: the control plane
+    # now refuses it (tests/api/test_bad_input.py); one stored before still fails cleanly.
+    unit = WorkUnit.model_validate(unit_json("wu_8", "llm_pod", {"messages": ["hi"]}))
+
+    async def go() -> Any:
+        ex = LlmPodExecutor(StubLlmClient(), PriceTable(), default_model="gpt-4o-mini")
+        try:
+            return await ex.execute(Job(unit=unit, attempt=1))
+        finally:
+            await ex.aclose()
+
+    with pytest.raises(InvalidPayloadError) as info:
+        asyncio.run(go())
+    assert info.value.to_wire() == {
+        "code": "invalid_payload",
+        "message": "llm_pod payload 'messages[0]' must be a chat message (an object with a "
+        "string 'role')",
+        "retryable": False,
+    }
+
+
+def test_llm_payload_keeps_message_keys_and_lets_messages_win() -> None:
+    messages = [
+        {"role": "user", "content": "hi", "name": "ann"},
+        {"role": "assistant", "tool_calls": [{"id": "c1"}]},
+    ]
+    request = parse_llm_payload({"messages": messages, "prompt": "ignored"}, "gpt-4o-mini")
+    # as sent: extra keys kept, no "content": null added where the tenant left it out
+    assert request.messages == messages
+    assert (request.model, request.max_tokens) == ("gpt-4o-mini", None)
+    request = parse_llm_payload({"prompt": "hello", "model": "o3", "max_tokens": 9}, "m")
+    assert request == LlmRequest(
+        messages=[{"role": "user", "content": "hello"}], model="o3", max_tokens=9
+    )
 
 
 def test_llm_pod_executor_returns_result_and_invocation() -> None:

@@ -162,7 +162,9 @@ def test_agent_runs_llm_pod_units_against_the_real_server(
         4,
         7,
     )
-    assert invocation["estimated_cost_usd"] == "0.000000"  # no price known for local-model
+    # local-model has no entry: priced by the default one (2.50 / 10.00 per 1M), as the control
+    # plane prices it: 3 x 2.5/1M + 4 x 10/1M = 0.0000475 -> 0.000048 (half to even)
+    assert invocation["estimated_cost_usd"] == "0.000048"
     [done] = fake.completions["wu_llm"]
     assert done["result"]["text"] == "echo: hello real server"
     assert done["result"]["usage"] == {"tokens_in": 3, "tokens_out": 4, "total_tokens": 7}

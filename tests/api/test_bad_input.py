@@ -110,6 +110,19 @@ BAD_SUBMIT_JSON: list[tuple[str, Any]] = [
     ("llm-messages-empty", _unit(kind="llm_pod", payload={"messages": []})),
     ("llm-messages-not-list", _unit(kind="llm_pod", payload={"messages": "hi"})),
     ("llm-max-tokens-zero", _unit(kind="llm_pod", payload={"prompt": "x", "max_tokens": 0})),
+    # the agent's own parser (the same schema) would fail these units as non-retryable
+    ("llm-messages-strings", _unit(kind="llm_pod", payload={"messages": ["hi"]})),
+    ("llm-message-without-role", _unit(kind="llm_pod", payload={"messages": [{"content": "x"}]})),
+    (
+        "llm-message-content-number",
+        _unit(kind="llm_pod", payload={"messages": [{"role": "user", "content": 5}]}),
+    ),
+    ("llm-model-empty", _unit(kind="llm_pod", payload={"prompt": "x", "model": ""})),
+    ("llm-max-tokens-float", _unit(kind="llm_pod", payload={"prompt": "x", "max_tokens": 5.0})),
+    ("cpu-timeout-string", _unit(payload={"handler": "noop", "timeout_s": "5"})),
+    ("cpu-timeout-bool", _unit(payload={"handler": "noop", "timeout_s": True})),
+    ("cpu-timeout-zero", _unit(payload={"handler": "noop", "timeout_s": 0})),
+    ("llm-timeout-negative", _unit(kind="llm_pod", payload={"prompt": "x", "timeout_s": -1})),
 ]
 
 
@@ -162,6 +175,30 @@ def test_bad_submissions_are_4xx_and_change_nothing(api: Api, unchanged: Any) ->
         assert 400 <= r.status_code < 500
     r = api.client.get("/v1/workunits", headers=tenant)
     assert r.json()["items"] == []
+
+
+def test_a_payload_the_agent_cannot_run_is_refused_at_submit_naming_the_field(
+    api: Api, unchanged: Any
+) -> None:
+    _, tenant = api.tenant()
+    body = _unit(kind="llm_pod", payload={"messages": ["hi"]})
+    with unchanged():
+        r = api.client.post("/v1/workunits", json=body, headers=tenant)
+        problem = assert_problem(r, 422, "invalid_input")
+    assert problem["detail"] == (
+        "llm_pod payload 'messages[0]' must be a chat message (an object with a string 'role')"
+    )
+    # what the agent runs is accepted, with the tenant's extra keys stored as sent
+    payload = {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}], "name": "a"}],
+        "timeout_s": 2.5,
+        "colour": "blue",
+    }
+    r = api.client.post(
+        "/v1/workunits", json=_unit(kind="llm_pod", payload=payload), headers=tenant
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["payload"] == payload
 
 
 def test_bad_bodies_on_every_other_route(api: Api, unchanged: Any) -> None:

@@ -41,7 +41,7 @@ from control_plane.billing.domain.rules import (
     recompute_amount,
 )
 from control_plane.billing.domain.wallets import WalletState, empty_wallet, fold_wallets
-from shared.enums import LineItemType
+from shared.enums import LineItemType, WorkUnitKind
 from shared.events import (
     BillingPolicyChanged,
     CpuPricing,
@@ -52,6 +52,7 @@ from shared.events import (
     TokenPricing,
     WorkUnitCompleted,
 )
+from shared.payloads import PayloadError, parse_payload
 from shared.wire import LedgerEntry, Wallet
 from tests.unit.event_kit import read_row, tampered
 
@@ -593,7 +594,12 @@ def test_budget_check() -> None:
 def test_estimates_are_conservative_and_documented() -> None:
     cpu_default = estimate_unit_cost("cpu", {"handler": "noop"}, TABLE)
     assert cpu_default == DEFAULT_CPU_ESTIMATE_S * Decimal("0.00005") == Decimal("0.000500")
-    assert estimate_unit_cost("cpu", {"timeout_s": 2}, TABLE) == Decimal("0.000100")
+    assert estimate_unit_cost("cpu", {"handler": "noop", "timeout_s": 2}, TABLE) == Decimal(
+        "0.000100"
+    )
+    assert estimate_unit_cost("cpu", {"handler": "noop", "timeout_s": 0.5}, TABLE) == Decimal(
+        "0.000025"
+    )
     sleep = {"handler": "sleep", "args": {"ms": 3000}}
     assert estimate_unit_cost("cpu", sleep, TABLE) == Decimal("0.000200")  # (3 + 1) s
     # 7 characters -> ceil(7/3) = 3 + 8 = 11 tokens in, 512 out, at gpt-4o-mini, plus 10 s CPU:
@@ -604,8 +610,29 @@ def test_estimates_are_conservative_and_documented() -> None:
         "llm_pod", llm, TABLE
     )
     assert estimate_unit_cost("llm_pod", {"messages": [{"role": "user", "content": "hi"}]}, TABLE)
+    # the parsed payload (what submit hands over) gives the same estimate as the raw one
+    parsed = parse_payload(WorkUnitKind.LLM_POD, llm)
+    assert estimate_unit_cost("llm_pod", parsed, TABLE) == Decimal("0.000809")
     with pytest.raises(ValueError):
         estimate_unit_cost("gpu", {}, TABLE)
+    with pytest.raises(PayloadError, match="'max_tokens'"):
+        estimate_unit_cost("llm_pod", {**llm, "max_tokens": "10"}, TABLE)
+
+
+def test_llm_estimates_count_what_the_agent_sends() -> None:
+    # {"role": "user", "content": "hi"} is 33 characters of JSON: ceil(33/3) = 11 + 8 = 19 in,
+    # 512 out, at the default entry (2.50/10.00 per 1M), plus 10 s CPU:
+    # 19 x 2.5/1M + 512 x 10/1M + 0.0005 = 0.0000475 + 0.00512 + 0.0005 -> 0.005668 (up)
+    messages = {"messages": [{"role": "user", "content": "hi"}]}
+    assert estimate_unit_cost("llm_pod", messages, TABLE) == Decimal("0.005668")
+    # with both, the messages are what runs, so they are what is estimated
+    both = {**messages, "prompt": "x" * 3000}
+    assert estimate_unit_cost("llm_pod", both, TABLE) == Decimal("0.005668")
+    # keys the tenant left out are not counted as present (no "content": null added)
+    bare = {"messages": [{"role": "user"}]}
+    assert estimate_unit_cost("llm_pod", bare, TABLE) < estimate_unit_cost(
+        "llm_pod", messages, TABLE
+    )
 
 
 def test_wallet_model_is_the_wire_model() -> None:

@@ -29,6 +29,7 @@ from shared.events import (
     TokenPricing,
     WorkUnitClaimed,
 )
+from shared.prices import DEFAULT_MODEL_PRICES
 from tests.unit.event_kit import read_row
 
 AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -43,6 +44,14 @@ AT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
         ("gpt-4.1-mini", "0.40", "1.60"),
         ("gpt-4.1-nano", "0.10", "0.40"),
         ("o3-mini", "1.10", "4.40"),
+        ("gpt-4-turbo", "10.00", "30.00"),
+        ("gpt-3.5-turbo", "0.50", "1.50"),
+        ("gpt-5", "1.25", "10.00"),
+        ("gpt-5-mini", "0.25", "2.00"),
+        ("gpt-5-nano", "0.05", "0.40"),
+        ("o1", "15.00", "60.00"),
+        ("o3", "2.00", "8.00"),
+        ("o4-mini", "1.10", "4.40"),
         ("stub", "0.15", "0.60"),
         (DEFAULT_MODEL, "2.50", "10.00"),
     ],
@@ -60,12 +69,25 @@ def test_default_table_is_version_one_with_the_default_cpu_rate() -> None:
     assert PriceTable() == table
 
 
-def test_unknown_models_fall_back_to_default_and_snapshots_to_their_base() -> None:
+def test_the_first_table_is_the_shared_default_table() -> None:
+    table = default_price_table()
+    assert set(table.models) == set(DEFAULT_MODEL_PRICES)
+    for model, (usd_in, usd_out) in DEFAULT_MODEL_PRICES.items():
+        assert table.models[model] == ModelPrice(Decimal(usd_in), Decimal(usd_out))
+
+
+def test_unknown_models_fall_back_to_default_and_variants_to_their_base() -> None:
     table = default_price_table()
     assert table.resolve("gpt-4o-mini-2024-07-18") == ("gpt-4o-mini", table.models["gpt-4o-mini"])
     assert table.resolve("llama-3-70b") == (DEFAULT_MODEL, table.models[DEFAULT_MODEL])
-    # Only a trailing date is a snapshot suffix; another suffix is another model.
-    assert table.resolve("gpt-4o-audio-preview")[0] == DEFAULT_MODEL
+    # A variant of a known model is priced as that model (the longest known prefix)...
+    assert table.resolve("gpt-4o-audio-preview")[0] == "gpt-4o"
+    assert table.resolve("gpt-4.1-mini-2025-04-14")[0] == "gpt-4.1-mini"
+    # ... only on a "-" boundary: another name is another model.
+    assert table.resolve("gpt-4o2")[0] == DEFAULT_MODEL
+    # Models an operator priced take part too.
+    priced = table.with_model_price("llama-3-70b", "0.59", "0.79")
+    assert priced.resolve("llama-3-70b-instruct")[0] == "llama-3-70b"
 
 
 def test_with_model_price_bumps_the_version_and_leaves_the_old_table_alone() -> None:

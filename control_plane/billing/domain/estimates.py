@@ -5,13 +5,15 @@ always). ``spent`` is the tenant's wallet total; ``committed`` the estimates of 
 are queued or running (not yet billed); ``requested`` the estimate of what it asks for now.
 
 ``estimate_unit_cost`` is a deliberately conservative guess of a unit's bill before it runs,
-from its kind, its submitted payload and the price table in force:
+from its kind, its payload (parsed by ``shared.payloads``, the schema the agent runs it by) and
+the price table in force:
 
 - ``cpu``: ``timeout_s`` from the payload when given, else for the ``sleep`` handler its
   ``args.ms`` plus one second, else ``DEFAULT_CPU_ESTIMATE_S``; times the CPU rate.
 - ``llm_pod``: the CPU part as for ``cpu``, plus ``max_tokens`` (default
-  ``DEFAULT_MAX_TOKENS``) at the model's output rate, plus the prompt at the input rate,
-  estimated as one token per ``CHARS_PER_TOKEN`` characters (rounded up) plus
+  ``DEFAULT_MAX_TOKENS``) at the model's output rate, plus the input at the input rate: what
+  the agent sends (the ``messages``, each as its JSON text, when there are some, else the
+  ``prompt``), estimated as one token per ``CHARS_PER_TOKEN`` characters (rounded up) plus
   ``TOKENS_PER_MESSAGE`` per message; the model is the payload's ``model`` or the table's
   ``"default"`` entry.
 
@@ -22,7 +24,7 @@ never understates; the one rounding rule of ``shared.money`` applies to ledger l
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from decimal import ROUND_CEILING, Decimal, InvalidOperation, localcontext
 from math import ceil
 from typing import Any
@@ -31,6 +33,7 @@ from control_plane.billing.domain.pricing import DEFAULT_MODEL, PriceTable
 from control_plane.billing.domain.rules import EXACT
 from shared.enums import WorkUnitKind
 from shared.money import MICRO, ZERO
+from shared.payloads import CpuPayload, LlmPodPayload, UnitPayload, parse_payload
 
 DEFAULT_CPU_ESTIMATE_S = Decimal(10)
 """CPU seconds assumed for a unit that says nothing about its duration."""
@@ -75,64 +78,52 @@ def _seconds(value: object) -> Decimal | None:
     return seconds if seconds.is_finite() and seconds > 0 else None
 
 
-def _cpu_seconds(payload: Mapping[str, Any]) -> Decimal:
-    timeout = _seconds(payload.get("timeout_s"))
-    if timeout is not None:
-        return timeout
-    args = payload.get("args")
-    if payload.get("handler") == "sleep" and isinstance(args, Mapping):
-        ms = _seconds(args.get("ms"))
+def _cpu_seconds(payload: UnitPayload) -> Decimal:
+    if payload.timeout_s is not None:
+        return Decimal(str(payload.timeout_s))
+    if isinstance(payload, CpuPayload) and payload.handler == "sleep":
+        # the handler's own argument: not part of the payload schema
+        ms = _seconds(payload.args.get("ms"))
         if ms is not None:
             return ms.scaleb(-3) + SLEEP_OVERHEAD_S
     return DEFAULT_CPU_ESTIMATE_S
 
 
-def _prompt_tokens(payload: Mapping[str, Any]) -> int:
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        return ceil(len(prompt) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        chars = sum(len(json.dumps(m, ensure_ascii=False, default=str)) for m in messages)
-        return ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)
-    return TOKENS_PER_MESSAGE
+def _prompt_tokens(payload: LlmPodPayload) -> int:
+    # what the agent sends: the messages when there are some, else the prompt
+    if payload.messages is not None:
+        chars = sum(len(json.dumps(m, ensure_ascii=False, default=str)) for m in payload.chat())
+        return ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(payload.messages)
+    return ceil(len(payload.prompt or "") / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE
 
 
-def _max_tokens(payload: Mapping[str, Any]) -> int:
-    value = payload.get("max_tokens")
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return DEFAULT_MAX_TOKENS
-
-
-def _cpu_cost(payload: Mapping[str, Any], table: PriceTable) -> Decimal:
+def _cpu_cost(payload: UnitPayload, table: PriceTable) -> Decimal:
     return _cpu_seconds(payload) * table.usd_per_cpu_s
 
 
-def _llm_pod_cost(payload: Mapping[str, Any], table: PriceTable) -> Decimal:
-    model = payload.get("model")
-    price = table.model_price(model if isinstance(model, str) and model else DEFAULT_MODEL)
+def _llm_pod_cost(payload: LlmPodPayload, table: PriceTable) -> Decimal:
+    price = table.model_price(payload.model or DEFAULT_MODEL)
+    max_tokens = payload.max_tokens or DEFAULT_MAX_TOKENS
     tokens = (
         Decimal(_prompt_tokens(payload)) * price.usd_per_1m_in
-        + Decimal(_max_tokens(payload)) * price.usd_per_1m_out
+        + Decimal(max_tokens) * price.usd_per_1m_out
     ) / Decimal(1_000_000)
     return _cpu_cost(payload, table) + tokens
 
 
-_ESTIMATORS: dict[str, Callable[[Mapping[str, Any], PriceTable], Decimal]] = {
-    WorkUnitKind.CPU.value: _cpu_cost,
-    WorkUnitKind.LLM_POD.value: _llm_pod_cost,
-}
-
-
 def estimate_unit_cost(
-    kind: WorkUnitKind | str, payload: Mapping[str, Any], table: PriceTable
+    kind: WorkUnitKind | str, payload: UnitPayload | Mapping[str, Any], table: PriceTable
 ) -> Decimal:
     """A conservative estimate of a unit's cost, rounded up to 6 places (see the module
-    docstring). An unknown kind raises ``ValueError``."""
-    estimator = _ESTIMATORS.get(str(kind))
-    if estimator is None:
-        raise ValueError(f"unknown work unit kind: {kind!r}")
+    docstring). ``payload`` is the parsed payload (``units.validation.validate_payload``
+    returns it), or a raw one to parse; an unknown kind or a malformed payload raises
+    ``ValueError`` (``shared.payloads.PayloadError``)."""
+    parsed = (
+        payload if isinstance(payload, CpuPayload | LlmPodPayload) else parse_payload(kind, payload)
+    )
     with localcontext(EXACT):
-        cost = estimator(payload, table)
+        if isinstance(parsed, LlmPodPayload):
+            cost = _llm_pod_cost(parsed, table)
+        else:
+            cost = _cpu_cost(parsed, table)
         return max(cost, ZERO).quantize(MICRO, rounding=ROUND_CEILING)

@@ -15,13 +15,14 @@ exactly one set of prices. The control plane records a change in the log with th
 (``billing.policy.changed``); ``apply_price_event`` folds those events back into a table, so the
 table itself can be rebuilt from the log.
 
-Model lookup: the exact model name, else the name without a trailing ``-YYYY-MM-DD`` snapshot
-date (``gpt-4o-mini-2024-07-18`` is priced as ``gpt-4o-mini``), else the ``"default"`` entry.
+The first table's prices and the model lookup are ``shared.prices``'s (the agent's telemetry
+estimate uses the same): the exact model name, else the longest entry the name starts with
+followed by ``-`` (``gpt-4o-mini-2024-07-18`` is priced as ``gpt-4o-mini``), else the
+``"default"`` entry.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -31,13 +32,11 @@ from typing import Any
 from control_plane.billing.domain.errors import PriceTableError
 from shared.events import BillingPolicyChanged, BillingPriceChanged, LogEvent, Payload
 from shared.money import parse_rate
-
-DEFAULT_MODEL = "default"
-"""The price-table entry that prices any model without an entry of its own."""
+from shared.prices import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: the default entry
+from shared.prices import DEFAULT_MODEL_PRICES as _LIST_PRICES
+from shared.prices import resolve_model
 
 DEFAULT_USD_PER_CPU_S = Decimal("0.000050")
-
-_SNAPSHOT_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 
 def rate(value: object) -> Decimal:
@@ -66,27 +65,13 @@ class ModelPrice:
         object.__setattr__(self, "usd_per_1m_out", rate(self.usd_per_1m_out))
 
 
-def _price(usd_in: str, usd_out: str) -> ModelPrice:
-    return ModelPrice(Decimal(usd_in), Decimal(usd_out))
-
-
 DEFAULT_MODEL_PRICES: Mapping[str, ModelPrice] = MappingProxyType(
     {
-        "gpt-4o-mini": _price("0.15", "0.60"),
-        "gpt-4o": _price("2.50", "10.00"),
-        "gpt-4.1": _price("2.00", "8.00"),
-        "gpt-4.1-mini": _price("0.40", "1.60"),
-        "gpt-4.1-nano": _price("0.10", "0.40"),
-        "o3-mini": _price("1.10", "4.40"),
-        # The deterministic stub provider is priced like a small model so that demos and
-        # tests produce non-zero, human-checkable amounts.
-        "stub": _price("0.15", "0.60"),
-        # Unknown models are priced like a flagship model: a guess that errs on the side of
-        # the platform's cost; set a real price with ``with_model_price``.
-        DEFAULT_MODEL: _price("2.50", "10.00"),
+        model: ModelPrice(Decimal(rates.usd_per_1m_in), Decimal(rates.usd_per_1m_out))
+        for model, rates in _LIST_PRICES.items()
     }
 )
-"""Prices of the first table (version 1), USD per one million tokens."""
+"""Prices of the first table (version 1), USD per one million tokens: ``shared.prices``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +97,10 @@ class PriceTable:
         object.__setattr__(self, "models", MappingProxyType(models))
 
     def resolve(self, model: str) -> tuple[str, ModelPrice]:
-        """The table entry that prices ``model``: exact name, snapshot-less name, or default."""
-        if model in self.models:
-            return model, self.models[model]
-        base = _SNAPSHOT_SUFFIX.sub("", model)
-        if base in self.models:
-            return base, self.models[base]
-        return DEFAULT_MODEL, self.models[DEFAULT_MODEL]
+        """The table entry that prices ``model`` (``shared.prices.resolve_model``: the exact
+        name, else the longest ``-``-separated prefix, else the default entry)."""
+        entry = resolve_model(model, self.models)
+        return entry, self.models[entry]
 
     def model_price(self, model: str) -> ModelPrice:
         """The rates that apply to ``model`` (see ``resolve``)."""
