@@ -274,7 +274,11 @@ def render() -> tuple[str, list[str]]:
             "## Node agent (`krako-agent`)",
             "",
             "From `node_agent.settings.AgentSettings`. A command-line flag overrides the "
-            "variable, which overrides `.env`, which overrides the default.",
+            "variable, which overrides `.env`, which overrides the default. The agent shares "
+            "the `KRAKO_` namespace with the control plane (one `.env`, one ConfigMap), so "
+            "settings only the agent reads are named `KRAKO_AGENT_*`; an alias is an older "
+            "name that is still read (when both are set, the first listed wins). "
+            "`KRAKO_NODE_JOIN_TOKEN` is the same secret on both sides.",
             "",
             *rows,
             "",

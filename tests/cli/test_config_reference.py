@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 from control_plane.settings import Settings, leaf_settings
+from node_agent.settings import RENAMED
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gen_config_reference.py"
@@ -47,7 +48,7 @@ def test_every_control_plane_setting_is_listed_with_its_default() -> None:
     assert "`KRAKO_URL`" in text and "`KRAKO_TOKEN`" in text
 
 
-def test_the_reference_shows_the_groups() -> None:
+def test_the_reference_shows_the_groups_and_the_agent_aliases() -> None:
     text, _ = _generator().render()
     headings = [line for line in text.splitlines() if line.startswith("### ")]
     assert headings == [
@@ -64,6 +65,9 @@ def test_the_reference_shows_the_groups() -> None:
             "autoscaler.local",
         )
     ]
+    for field, old in RENAMED.items():
+        new = f"KRAKO_AGENT_{field.upper()}"
+        assert f"| `{new}`<br>alias `{old}` |" in text, field
 
 
 def test_variables_keep_their_documented_names() -> None:
