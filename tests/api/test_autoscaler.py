@@ -32,6 +32,8 @@ import pytest
 
 from control_plane.capacity import leader
 from control_plane.capacity.actuators import (
+    ACTUATORS,
+    Actuator,
     KubernetesActuator,
     LocalActuator,
     ScaleAction,
@@ -400,7 +402,7 @@ def test_actuator_settings_are_checked_at_start(db: Database, db_url: str) -> No
             ),
             db,
         )
-    with pytest.raises(ValueError, match="expected one of"):
+    with pytest.raises(ValueError, match="'nomad': expected one of log, local, webhook, kube"):
         build_actuator(make_settings(db_url, autoscaler={"actuator": "nomad"}), db)
     with pytest.raises(ValueError, match="hysteresis"):
         params_from_settings(
@@ -412,6 +414,46 @@ def test_actuator_settings_are_checked_at_start(db: Database, db_url: str) -> No
                 },
             ).autoscaler
         )
+
+
+def test_each_registered_actuator_is_built_from_its_settings(
+    db: Database, db_url: str, tmp_path: Path
+) -> None:
+    assert list(ACTUATORS) == ["log", "local", "webhook", "kubernetes"]
+    groups: dict[str, dict[str, Any]] = {
+        "log": {},
+        "local": {"local": {"control_plane_url": "http://cp:1", "agent_args": "--kinds cpu"}},
+        "webhook": {"webhook": {"url": "http://hook/", "secret": "s" * 16, "retries": 2}},
+        "kubernetes": {
+            "kubernetes": {"namespace": "krako", "api_url": "https://k8s:6443"},
+            "webhook": {"retries": 3},
+        },
+    }
+    built: dict[str, Actuator] = {}
+    for name, group in groups.items():
+        settings = make_settings(
+            db_url,
+            database={"data_dir": tmp_path},
+            autoscaler={"actuator": f" {name.upper()} ", "max_nodes": 3, **group},
+        )
+        actuator = build_actuator(settings, db)
+        built[name] = actuator
+        assert actuator.name == name
+        actuator.close()
+    local = built["local"]
+    assert isinstance(local, LocalActuator)
+    assert local.state_dir == (tmp_path / "autoscaler-agents").resolve()
+    assert local.control_plane_url == "http://cp:1" and local.max_nodes == 3
+    assert local.command("local-1")[-2:] == ["--kinds", "cpu"]
+    webhook = built["webhook"]
+    assert isinstance(webhook, WebhookActuator)
+    assert (webhook.url, webhook.retries) == ("http://hook/", 2)
+    kube = built["kubernetes"]
+    assert isinstance(kube, KubernetesActuator)
+    assert kube.url == (
+        "https://k8s:6443/apis/apps/v1/namespaces/krako/deployments/krako-agent/scale"
+    )
+    assert kube.retries == 3  # the webhook group's retries serve it too
 
 
 def test_the_lease_is_exclusive_until_it_expires(db: Database) -> None:
