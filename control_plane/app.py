@@ -28,7 +28,7 @@ from control_plane.eventlog.wait import Notifier, PgListener
 from control_plane.loops import Loop, run_loop
 from control_plane.scheduling.placement import PlacementWeights
 from control_plane.scheduling.scheduler import SchedulerContext
-from control_plane.settings import Settings
+from control_plane.settings import LeaseSettings, SchedulerSettings, Settings
 from control_plane.units.sweep import SweepTimings, sweep
 
 log = logging.getLogger("krako.app")
@@ -40,32 +40,43 @@ is an event in one append-only log, from which placement, billing and capacity d
 be replayed and audited. Errors are RFC 9457 problem details with a stable `code`."""
 
 
-def scheduler_context(settings: Settings) -> SchedulerContext:
+def scheduler_context(scheduler: SchedulerSettings) -> SchedulerContext:
+    """The placement parameters of ``KRAKO_SCHEDULER_*`` (and the process's streak memory)."""
     return SchedulerContext(
         weights=PlacementWeights(
-            free_capacity=settings.scheduler_weight_free_capacity,
-            load=settings.scheduler_weight_load,
-            trust=settings.scheduler_weight_trust,
-            region_match=settings.scheduler_weight_region,
-            streak_limit=settings.scheduler_streak_limit,
+            free_capacity=scheduler.weight_free_capacity,
+            load=scheduler.weight_load,
+            trust=scheduler.weight_trust,
+            region_match=scheduler.weight_region,
+            streak_limit=scheduler.streak_limit,
         ),
-        fanout=settings.scheduler_offer_fanout,
+        fanout=scheduler.offer_fanout,
+    )
+
+
+def sweep_timings(leases: LeaseSettings) -> SweepTimings:
+    """The sweep's health and offer timings from the lease settings."""
+    return SweepTimings(
+        heartbeat_interval_s=leases.heartbeat_interval_s,
+        heartbeat_timeout_s=leases.heartbeat_timeout_s,
+        offer_timeout_s=max(leases.lease_s, 2 * leases.heartbeat_interval_s),
     )
 
 
 def prepare_database(settings: Settings) -> Database:
     """Open, migrate and seed the database (idempotent; safe on every replica)."""
-    if not settings.is_postgres:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = create_database(settings.resolved_database_url, settings.db_pool_size)
+    database, billing = settings.database, settings.billing
+    if not database.is_postgres:
+        database.data_dir.mkdir(parents=True, exist_ok=True)
+    db = create_database(database.resolved_url, database.pool_size)
     upgrade(db)
     with write_transaction(db) as uow:
         ensure_state(uow)
         ensure_billing(
             uow,
-            settings.bill_llm_from_workunit_completed,
-            settings.bill_llm_from_invocation,
-            settings.usd_per_cpu_s,
+            billing.bill_llm_from_workunit_completed,
+            billing.bill_llm_from_invocation,
+            billing.usd_per_cpu_s,
         )
     return db
 
@@ -74,18 +85,14 @@ def background_loops(app: FastAPI) -> list[Loop]:
     settings: Settings = app.state.settings
     db: Database = app.state.db
     ctx: SchedulerContext = app.state.scheduler_ctx
-    timings = SweepTimings(
-        heartbeat_interval_s=settings.heartbeat_interval_s,
-        heartbeat_timeout_s=settings.heartbeat_timeout_s,
-        offer_timeout_s=max(settings.lease_s, 2 * settings.heartbeat_interval_s),
-    )
+    timings = sweep_timings(settings.leases)
     sink: LedgerSink | None = app.state.ledger_sink
     autoscaler = app.state.autoscaler = create_service(settings, db)  # closed by the lifespan
     return [
-        Loop("sweep", settings.lease_reaper_interval_s, lambda: sweep(db, ctx, timings)),
+        Loop("sweep", settings.leases.reaper_interval_s, lambda: sweep(db, ctx, timings)),
         Loop("billing", 0.5, lambda: catch_up(db)),
         *([Loop("ledger-sink", 0.5, lambda: sink.sync(db))] if sink is not None else []),
-        Loop("autoscaler", settings.autoscaler_interval_s, autoscaler.tick),
+        Loop("autoscaler", settings.autoscaler.interval_s, autoscaler.tick),
     ]
 
 
@@ -100,7 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = 256
         db = await asyncio.to_thread(prepare_database, settings)
         app.state.db = db
-        snapshots.configure(db, settings.wallet_snapshot_every)
+        snapshots.configure(db, settings.billing.wallet_snapshot_every)
         set_publisher(db, notifier.publish)
         listener: PgListener | None = None
         if db.is_postgres:
@@ -134,12 +141,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.notifier = Notifier()
     app.state.auth_cache = AuthCache()
-    app.state.scheduler_ctx = scheduler_context(settings)
-    path = settings.ledger_jsonl_path
+    app.state.scheduler_ctx = scheduler_context(settings.scheduler)
+    path = settings.billing.ledger_jsonl_path
     app.state.ledger_sink = LedgerSink(path) if path is not None else None
     errors.install(app)
     app.add_middleware(RequireBearerMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     for module in (tenants, workunits, nodes, events, billing, capacity, ops):
         app.include_router(module.router)
     return app

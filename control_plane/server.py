@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         settings = Settings()
-        if settings.dev:
+        if settings.api.dev:
             settings, notes = settings.with_dev_tokens()
             for line in notes:
                 print(f"krako dev mode: {line}", flush=True)

@@ -69,7 +69,8 @@ ENV_ONLY = ("openai_api_key",)  # secrets stay out of the process list
 
 
 def env_names(field: str) -> list[str]:
-    """The environment variables that set ``field``."""
+    """The environment variables that set ``field``: its name, then its aliases (older names
+    still read; the first one set wins)."""
     info = AgentSettings.model_fields[field]
     alias = info.validation_alias
     if isinstance(alias, AliasChoices):
@@ -95,7 +96,8 @@ def _default_text(field: str) -> str:
 def _help(field: str) -> str:
     info = AgentSettings.model_fields[field]
     description = (info.description or field).replace("%", "%%")
-    envs = " or ".join(env_names(field))
+    name, *aliases = env_names(field)
+    envs = name + "".join(f" (alias {alias})" for alias in aliases)
     return f"{description} [env {envs}; default {_default_text(field)}]"
 
 

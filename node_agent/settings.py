@@ -3,6 +3,19 @@
 Built once in :func:`node_agent.main.main` (command-line flags override the environment,
 which overrides a ``.env`` file, which overrides the defaults) and passed down; nothing
 reads the environment anywhere else.
+
+The agent and the control plane share one namespace of variables (one ``.env``, one
+Kubernetes ConfigMap, and the local actuator hands its environment to the agents it starts),
+and each ignores the other's. So a setting that only the agent reads is named
+``KRAKO_AGENT_*`` when a bare name would pass for the control plane's: ``KRAKO_LOG_LEVEL``
+said nothing about the control plane's log level (that is its ``--log-level`` flag),
+``KRAKO_SHUTDOWN_GRACE_S`` nothing about its graceful shutdown, ``KRAKO_HTTP_TIMEOUT_S`` and
+``KRAKO_BACKOFF_*`` nothing about its webhook's timeout and backoff. The old names are still
+read, as aliases (:data:`RENAMED`); when both are set the ``KRAKO_AGENT_*`` one wins. The
+variables of the documented flags keep their names (``KRAKO_CONTROL_PLANE_URL``,
+``KRAKO_NODE_JOIN_TOKEN``, the same secret on both sides, ``KRAKO_NODE_ID``,
+``KRAKO_AGENT_KINDS``, ``KRAKO_REGION``, ``KRAKO_MAX_CONCURRENCY``, ``KRAKO_LLM_PROVIDER``,
+``KRAKO_POLLS``, ``KRAKO_POLL_WAIT_S``).
 """
 
 from __future__ import annotations
@@ -18,6 +31,26 @@ from shared.enums import WorkUnitKind
 from shared.wire import MAX_WAIT_S
 
 HANDLER_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)=(?P<module>[\w.]+):(?P<attr>[\w.]+)$")
+
+
+#: Variables renamed to ``KRAKO_AGENT_*``, by field: the old name, still read as an alias.
+RENAMED: dict[str, str] = {
+    "claim_mode": "KRAKO_CLAIM_MODE",
+    "unit_timeout_s": "KRAKO_UNIT_TIMEOUT_S",
+    "shutdown_grace_s": "KRAKO_SHUTDOWN_GRACE_S",
+    "report_grace_s": "KRAKO_REPORT_GRACE_S",
+    "backoff_initial_s": "KRAKO_BACKOFF_INITIAL_S",
+    "backoff_max_s": "KRAKO_BACKOFF_MAX_S",
+    "http_timeout_s": "KRAKO_HTTP_TIMEOUT_S",
+    "poll_timeout_margin_s": "KRAKO_POLL_TIMEOUT_MARGIN_S",
+    "log_level": "KRAKO_LOG_LEVEL",
+    "log_format": "KRAKO_LOG_FORMAT",
+}
+
+
+def _agent_env(field: str) -> AliasChoices:
+    """``KRAKO_AGENT_<FIELD>``, then the field's old name."""
+    return AliasChoices(f"KRAKO_AGENT_{field.upper()}", RENAMED[field])
 
 
 def _split_csv(value: Any) -> Any:
@@ -75,6 +108,7 @@ class AgentSettings(BaseSettings):
         default=20.0, ge=0, le=MAX_WAIT_S, description="Long-poll hold per poll (0-30 s)."
     )
     claim_mode: Literal["poll", "explicit"] = Field(
+        validation_alias=_agent_env("claim_mode"),
         default="poll",
         description="poll: claim in the poll itself (one request per batch); explicit: poll "
         "for offers, then claim each one (a lost race is logged as skipped).",
@@ -82,17 +116,20 @@ class AgentSettings(BaseSettings):
 
     # -- execution
     unit_timeout_s: float = Field(
+        validation_alias=_agent_env("unit_timeout_s"),
         default=300.0,
         gt=0,
         description="Default per-unit timeout when the payload has no timeout_s.",
     )
     shutdown_grace_s: float = Field(
+        validation_alias=_agent_env("shutdown_grace_s"),
         default=30.0,
         ge=0,
         description="On SIGTERM/SIGINT, how long running units may finish before they are "
         "failed as retryable.",
     )
     report_grace_s: float = Field(
+        validation_alias=_agent_env("report_grace_s"),
         default=15.0,
         ge=0,
         description="On shutdown, how long to keep retrying reports after the grace period.",
@@ -100,14 +137,28 @@ class AgentSettings(BaseSettings):
 
     # -- resilience
     backoff_initial_s: float = Field(
-        default=0.5, gt=0, description="First retry delay when the control plane fails."
+        validation_alias=_agent_env("backoff_initial_s"),
+        default=0.5,
+        gt=0,
+        description="First retry delay when the control plane fails.",
     )
-    backoff_max_s: float = Field(default=30.0, gt=0, description="Longest retry delay.")
+    backoff_max_s: float = Field(
+        validation_alias=_agent_env("backoff_max_s"),
+        default=30.0,
+        gt=0,
+        description="Longest retry delay.",
+    )
     http_timeout_s: float = Field(
-        default=10.0, gt=0, description="Timeout of control-plane calls other than polls."
+        validation_alias=_agent_env("http_timeout_s"),
+        default=10.0,
+        gt=0,
+        description="Timeout of control-plane calls other than polls.",
     )
     poll_timeout_margin_s: float = Field(
-        default=10.0, gt=0, description="Read timeout of a poll beyond its hold time."
+        validation_alias=_agent_env("poll_timeout_margin_s"),
+        default=10.0,
+        gt=0,
+        description="Read timeout of a poll beyond its hold time.",
     )
 
     # -- state and logs
@@ -116,9 +167,15 @@ class AgentSettings(BaseSettings):
         description="Where the node id is kept; default ./.krako/agent/slot-<n> (one slot "
         "per running agent).",
     )
-    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_level: str = Field(
+        validation_alias=_agent_env("log_level"),
+        default="INFO",
+        description="DEBUG, INFO, WARNING or ERROR.",
+    )
     log_format: Literal["kv", "json"] = Field(
-        default="kv", description="key=value lines or JSON lines."
+        validation_alias=_agent_env("log_format"),
+        default="kv",
+        description="key=value lines or JSON lines.",
     )
 
     # -- LLM

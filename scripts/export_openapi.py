@@ -36,8 +36,7 @@ def build_spec() -> dict[str, Any]:
     try:
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
-            admin_token=PLACEHOLDER_ADMIN,
-            node_join_token=PLACEHOLDER_JOIN,
+            api={"admin_token": PLACEHOLDER_ADMIN, "node_join_token": PLACEHOLDER_JOIN},
         )
     finally:
         os.environ.update(saved)

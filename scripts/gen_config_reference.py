@@ -1,9 +1,10 @@
 """Generate docs/configuration.md: every ``KRAKO_*`` setting, its default and its meaning.
 
 The tables are read from the settings classes themselves (``control_plane.settings.Settings``,
-``node_agent.settings.AgentSettings`` when the agent is installed, and the ``krako`` CLI's
-global options), so the reference cannot drift from the code: tests/cli/test_config_reference.py
-fails when the committed file differs from what this script writes.
+one table per group, ``node_agent.settings.AgentSettings`` when the agent is installed, with
+its aliases, and the ``krako`` CLI's global options), so the reference cannot drift from the
+code: tests/cli/test_config_reference.py fails when the committed file differs from what this
+script writes.
 
     python scripts/gen_config_reference.py          # rewrite docs/configuration.md
     python scripts/gen_config_reference.py --check  # exit 1 if it is stale
@@ -47,6 +48,12 @@ def env_names(name: str, info: FieldInfo, prefix: str = "KRAKO_") -> list[str]:
     if isinstance(alias, str):
         return [alias]
     return [f"{prefix}{name}".upper()]
+
+
+def variables_cell(names: list[str]) -> str:
+    """The variable, then its aliases (older names still read)."""
+    name, *aliases = names
+    return "<br>".join([f"`{name}`", *(f"alias `{alias}`" for alias in aliases)])
 
 
 def _value(value: Any) -> str:
@@ -110,23 +117,6 @@ def bounds_text(info: FieldInfo) -> str:
     return ", ".join(parts)
 
 
-#: Meanings of fields whose settings class has no description yet. A description in the
-#: class wins; move these there (Field(description=...)) and delete them here.
-FALLBACK_DESCRIPTIONS: dict[str, str] = {
-    "Settings.scheduler_weight_free_capacity": "Placement score weight of a node's free "
-    "slots (free slots / max_concurrency).",
-    "Settings.scheduler_weight_load": "Placement score weight of 1 - the node's utilization.",
-    "Settings.scheduler_weight_trust": "Placement score weight of the node's trust score.",
-    "Settings.scheduler_weight_region": "Placement score weight of a region match (units "
-    "that name a region).",
-    "Settings.autoscaler_min_nodes": "Fewest nodes the autoscaler asks for.",
-    "Settings.autoscaler_max_nodes": "Most nodes the autoscaler asks for.",
-    "Settings.autoscaler_webhook_url": "Where the webhook actuator sends scale requests.",
-    "Settings.autoscaler_webhook_secret": "Secret of the webhook actuator's requests.",
-    "Settings.db_pool_size": "Database connection pool size (PostgreSQL).",
-}
-
-
 def _cell(text: str) -> str:
     return " ".join(text.replace("|", "\\|").split())
 
@@ -134,10 +124,58 @@ def _cell(text: str) -> str:
 # --------------------------------------------------------------------------- tables
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _kind(info: FieldInfo) -> str:
+    kind = type_text(info.annotation)
+    bounds = bounds_text(info)
+    return f"{kind} ({bounds})" if bounds else kind
+
+
+def control_plane_sections() -> tuple[list[str], list[str]]:
+    """One table per settings group of the control plane, and the undocumented settings."""
+    from control_plane.settings import Settings, leaf_settings
+
+    lines: list[str] = []
+    undocumented: list[str] = []
+    group_path: tuple[str, ...] | None = None
+    for leaf in leaf_settings(Settings):
+        path = leaf.path[:-1]
+        if path != group_path:
+            group_path = path
+            doc = (leaf.group.__doc__ or "").strip().splitlines()[0]
+            lines += [
+                *([""] if lines else []),
+                f"### `{'.'.join(path)}`",
+                "",
+                _cell(doc),
+                "",
+                "| variable | setting | type | default | description |",
+                "|---|---|---|---|---|",
+            ]
+        description = _cell(leaf.info.description or "")
+        if not description:
+            undocumented.append(".".join(leaf.path))
+        lines.append(
+            _row(
+                [
+                    f"`{leaf.env}`",
+                    f"`{'.'.join(leaf.path)}`",
+                    _kind(leaf.info),
+                    default_text(leaf.info),
+                    description,
+                ]
+            )
+        )
+    return lines, undocumented
+
+
 def settings_table(
     model: type[BaseModel], flags: dict[str, str] | None = None
 ) -> tuple[list[str], list[str]]:
-    """The markdown rows of a settings class, and the fields that have no description."""
+    """The markdown rows of a flat settings class, and the fields that have no description."""
     header = ["| variable | type | default | description |", "|---|---|---|---|"]
     if flags is not None:
         header = [
@@ -147,21 +185,15 @@ def settings_table(
     rows = list(header)
     undocumented = []
     for name, info in model.model_fields.items():
-        variables = "<br>".join(f"`{v}`" for v in env_names(name, info))
-        kind = type_text(info.annotation)
-        bounds = bounds_text(info)
-        if bounds:
-            kind = f"{kind} ({bounds})"
-        key = f"{model.__name__}.{name}"
         description = _cell(info.description or "")
         if not description:
-            undocumented.append(key)
-            description = _cell(FALLBACK_DESCRIPTIONS.get(key, ""))
-        cells = [variables, kind, default_text(info), description]
+            undocumented.append(f"{model.__name__}.{name}")
+        cells = [variables_cell(env_names(name, info)), _kind(info), default_text(info)]
+        cells.append(description)
         if flags is not None:
             flag = flags.get(name)
             cells.insert(1, f"`{flag}`" if flag else "")
-        rows.append("| " + " | ".join(cells) + " |")
+        rows.append(_row(cells))
     return rows, undocumented
 
 
@@ -213,9 +245,7 @@ def cli_rows() -> list[str]:
 
 def render() -> tuple[str, list[str]]:
     """The whole document, and the settings that have no description (to be fixed)."""
-    from control_plane.settings import Settings
-
-    cp_rows, undocumented = settings_table(Settings)
+    cp_sections, undocumented = control_plane_sections()
     lines = [
         "# Configuration reference",
         "",
@@ -227,11 +257,13 @@ def render() -> tuple[str, list[str]]:
         "",
         "## Control plane (`krako-control-plane`)",
         "",
-        "From `control_plane.settings.Settings`. Outside `KRAKO_DEV=1` the process refuses to "
-        "start without `KRAKO_ADMIN_TOKEN` and `KRAKO_NODE_JOIN_TOKEN` (16 characters at "
-        "least). `--host` and `--port` are command-line flags only.",
+        "From `control_plane.settings.Settings`, one group per table (the setting column is "
+        "its place in `Settings`, for example `settings.leases.lease_s`); each variable keeps "
+        "its flat name. Outside `KRAKO_DEV=1` the process refuses to start without "
+        "`KRAKO_ADMIN_TOKEN` and `KRAKO_NODE_JOIN_TOKEN` (16 characters at least). `--host` "
+        "and `--port` are command-line flags only.",
         "",
-        *cp_rows,
+        *cp_sections,
         "",
     ]
     model, flags = _agent()
@@ -242,7 +274,11 @@ def render() -> tuple[str, list[str]]:
             "## Node agent (`krako-agent`)",
             "",
             "From `node_agent.settings.AgentSettings`. A command-line flag overrides the "
-            "variable, which overrides `.env`, which overrides the default.",
+            "variable, which overrides `.env`, which overrides the default. The agent shares "
+            "the `KRAKO_` namespace with the control plane (one `.env`, one ConfigMap), so "
+            "settings only the agent reads are named `KRAKO_AGENT_*`; an alias is an older "
+            "name that is still read (when both are set, the first listed wins). "
+            "`KRAKO_NODE_JOIN_TOKEN` is the same secret on both sides.",
             "",
             *rows,
             "",
@@ -264,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text, undocumented = render()
     for name in undocumented:
-        fallback = " (using this script's fallback)" if name in FALLBACK_DESCRIPTIONS else ""
-        print(f"note: {name} has no description{fallback}", file=sys.stderr)
+        print(f"note: {name} has no description", file=sys.stderr)
     current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else None
     if args.check:
         if current != text:

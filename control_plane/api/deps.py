@@ -107,7 +107,7 @@ async def principal(request: Request) -> Principal:
     """Who is calling (401 when nobody we know)."""
     token = bearer(request)
     settings: Settings = request.app.state.settings
-    if _equal(settings.admin_token, token):
+    if _equal(settings.api.admin_token, token):
         return Principal("admin")
     digest = token_hash(token)
     cache: AuthCache = request.app.state.auth_cache
@@ -129,7 +129,7 @@ async def principal(request: Request) -> Principal:
 
     found = await run_in_threadpool(lookup)
     if found is None:
-        if _equal(settings.node_join_token, token):
+        if _equal(settings.api.node_join_token, token):
             raise Forbidden("the join token only registers nodes")
         raise Unauthorized("unknown token")
     cache.put(digest, found, _NODE_CACHE_S if found.role == "node" else 300.0, now)
@@ -164,7 +164,7 @@ async def require_node(p: PrincipalDep) -> Principal:
 async def require_join_token(request: Request) -> None:
     token = bearer(request)
     settings: Settings = request.app.state.settings
-    if _equal(settings.node_join_token, token):
+    if _equal(settings.api.node_join_token, token):
         return
     await principal(request)  # 401 for an unknown token
     raise Forbidden("registering a node needs the join token")

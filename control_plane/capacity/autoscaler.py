@@ -59,7 +59,7 @@ from control_plane.db.tables import capacity_state, events, nodes, queue_depth, 
 from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.eventlog.emit import emit
 from control_plane.eventlog.store import us_to_dt
-from control_plane.settings import Settings
+from control_plane.settings import AutoscalerSettings, Settings
 from control_plane.units.queries import depth_by_priority
 from shared.enums import CapacityMode, NodeHealth, WorkUnitStatus
 from shared.events import CapacityScaleRequested, EventType
@@ -82,29 +82,29 @@ _MAX_AGE_QUERIES = 200  # past this many non-empty queues, one aggregate query i
 log = logging.getLogger("krako.autoscaler")
 
 
-def params_from_settings(settings: Settings) -> ControllerParams:
-    """The controller's thresholds from ``KRAKO_AUTOSCALER_*`` (ValueError when they
-    contradict each other: an up threshold below its down one, min above max nodes)."""
+def params_from_settings(autoscaler: AutoscalerSettings) -> ControllerParams:
+    """The controller's thresholds from the ``KRAKO_AUTOSCALER_*`` group (ValueError when
+    they contradict each other: an up threshold below its down one, min above max nodes)."""
     return ControllerParams(
-        throttle_up_backlog_per_slot=settings.autoscaler_throttle_up_backlog_per_slot,
-        throttle_down_backlog_per_slot=settings.autoscaler_throttle_down_backlog_per_slot,
-        throttle_up_age_s=settings.autoscaler_throttle_up_age_s,
-        throttle_down_age_s=settings.autoscaler_throttle_down_age_s,
-        critical_up_backlog_per_slot=settings.autoscaler_critical_up_backlog_per_slot,
-        critical_down_backlog_per_slot=settings.autoscaler_critical_down_backlog_per_slot,
-        critical_up_age_s=settings.autoscaler_critical_up_age_s,
-        critical_down_age_s=settings.autoscaler_critical_down_age_s,
-        saturated_utilization=settings.autoscaler_saturated_utilization,
-        idle_utilization=settings.autoscaler_idle_utilization,
-        idle_hold_s=settings.autoscaler_idle_hold_s,
-        min_hold_s=settings.autoscaler_min_hold_s,
-        min_nodes=settings.autoscaler_min_nodes,
-        max_nodes=settings.autoscaler_max_nodes,
-        target_utilization=settings.autoscaler_target_utilization,
-        target_backlog_per_slot=settings.autoscaler_target_backlog_per_slot,
-        default_slots_per_node=settings.autoscaler_slots_per_node,
-        scale_up_cooldown_s=settings.autoscaler_scale_up_cooldown_s,
-        scale_down_window_s=settings.autoscaler_scale_down_window_s,
+        throttle_up_backlog_per_slot=autoscaler.throttle_up_backlog_per_slot,
+        throttle_down_backlog_per_slot=autoscaler.throttle_down_backlog_per_slot,
+        throttle_up_age_s=autoscaler.throttle_up_age_s,
+        throttle_down_age_s=autoscaler.throttle_down_age_s,
+        critical_up_backlog_per_slot=autoscaler.critical_up_backlog_per_slot,
+        critical_down_backlog_per_slot=autoscaler.critical_down_backlog_per_slot,
+        critical_up_age_s=autoscaler.critical_up_age_s,
+        critical_down_age_s=autoscaler.critical_down_age_s,
+        saturated_utilization=autoscaler.saturated_utilization,
+        idle_utilization=autoscaler.idle_utilization,
+        idle_hold_s=autoscaler.idle_hold_s,
+        min_hold_s=autoscaler.min_hold_s,
+        min_nodes=autoscaler.min_nodes,
+        max_nodes=autoscaler.max_nodes,
+        target_utilization=autoscaler.target_utilization,
+        target_backlog_per_slot=autoscaler.target_backlog_per_slot,
+        default_slots_per_node=autoscaler.slots_per_node,
+        scale_up_cooldown_s=autoscaler.scale_up_cooldown_s,
+        scale_down_window_s=autoscaler.scale_down_window_s,
     )
 
 
@@ -433,8 +433,11 @@ class AutoscalerService:
 
 
 def create_service(settings: Settings, db: Database) -> AutoscalerService:
-    """The service ``settings`` describe (ValueError on a bad autoscaler configuration)."""
-    params = params_from_settings(settings)
+    """The service ``settings`` describe (ValueError on a bad autoscaler configuration).
+
+    The actuator sees all of ``settings``: the local one needs the data directory and the
+    join token besides its own group."""
+    params = params_from_settings(settings.autoscaler)
     return AutoscalerService(
-        db, params, build_actuator(settings, db), settings.autoscaler_interval_s
+        db, params, build_actuator(settings, db), settings.autoscaler.interval_s
     )

@@ -8,7 +8,7 @@ import pytest
 
 from node_agent.cli import FLAGS, build_parser, env_names, settings_from_args
 from node_agent.main import main
-from node_agent.settings import AgentSettings
+from node_agent.settings import RENAMED, AgentSettings
 from shared.enums import WorkUnitKind
 
 
@@ -49,6 +49,48 @@ def test_every_documented_variable_sets_its_setting(monkeypatch: pytest.MonkeyPa
     assert s.handler_specs() == [("a", "mod:fa"), ("b", "mod.sub:fb")]
     assert s.agent_labels == {"rack": "r1", "gpu": "none"}
     assert s.shutdown_grace_s == 7 and s.log_format == "json"
+
+
+def test_agent_only_settings_have_agent_names_and_keep_their_old_ones(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert set(RENAMED) <= set(AgentSettings.model_fields)
+    for field, old in RENAMED.items():
+        assert env_names(field) == [f"KRAKO_AGENT_{field.upper()}", old]
+    new_names = {
+        "KRAKO_AGENT_CLAIM_MODE": "explicit",
+        "KRAKO_AGENT_UNIT_TIMEOUT_S": "11",
+        "KRAKO_AGENT_SHUTDOWN_GRACE_S": "12",
+        "KRAKO_AGENT_REPORT_GRACE_S": "13",
+        "KRAKO_AGENT_BACKOFF_INITIAL_S": "0.25",
+        "KRAKO_AGENT_BACKOFF_MAX_S": "14",
+        "KRAKO_AGENT_HTTP_TIMEOUT_S": "15",
+        "KRAKO_AGENT_POLL_TIMEOUT_MARGIN_S": "16",
+        "KRAKO_AGENT_LOG_LEVEL": "warning",
+        "KRAKO_AGENT_LOG_FORMAT": "json",
+    }
+    assert set(new_names) == {f"KRAKO_AGENT_{f.upper()}" for f in RENAMED}
+    with monkeypatch.context() as m:
+        for name, value in new_names.items():
+            m.setenv(name, value)
+        s = from_argv()
+    assert s.claim_mode == "explicit" and s.unit_timeout_s == 11
+    assert (s.shutdown_grace_s, s.report_grace_s) == (12, 13)
+    assert (s.backoff_initial_s, s.backoff_max_s) == (0.25, 14)
+    assert (s.http_timeout_s, s.poll_timeout_margin_s) == (15, 16)
+    assert (s.log_level, s.log_format) == ("WARNING", "json")
+
+    # both set: the agent's name wins, in the environment and in .env alike
+    monkeypatch.setenv("KRAKO_LOG_LEVEL", "ERROR")
+    monkeypatch.setenv("KRAKO_AGENT_LOG_LEVEL", "DEBUG")
+    assert from_argv().log_level == "DEBUG"
+    monkeypatch.delenv("KRAKO_AGENT_LOG_LEVEL")
+    assert from_argv().log_level == "ERROR"  # the old name alone still works
+    monkeypatch.delenv("KRAKO_LOG_LEVEL")
+    (tmp_path / ".env").write_text("KRAKO_HTTP_TIMEOUT_S=3\nKRAKO_AGENT_HTTP_TIMEOUT_S=4\n")
+    assert AgentSettings().http_timeout_s == 4  # the fixture chdir'ed into tmp_path
+    # a flag still beats both
+    assert from_argv("--http-timeout", "5").http_timeout_s == 5
 
 
 def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,6 +140,8 @@ def test_help_documents_every_flag_and_its_variable(capsys: pytest.CaptureFixtur
     for field in AgentSettings.model_fields:
         for env in env_names(field):
             assert env in text, f"{env} is not in --help"
+    for old in RENAMED.values():
+        assert f"(alias {old})" in text
     for required in (
         "--control-plane",
         "--join-token",

@@ -17,21 +17,34 @@ ADMIN = "admin-token-for-tests-0123456789"
 JOIN = "join-token-for-tests-0123456789"
 
 
-def make_settings(db_url: str, **overrides: Any) -> Settings:
+def make_settings(db_url: str, **groups: dict[str, Any]) -> Settings:
+    """Test settings on ``db_url``; ``groups`` override fields by group, merged into the
+    defaults here (``make_settings(url, leases={"lease_s": 0.5})`` keeps the test tokens)."""
     values: dict[str, Any] = {
-        "database_url": db_url,
-        "admin_token": ADMIN,
-        "node_join_token": JOIN,
-        "lease_s": 30.0,
-        "heartbeat_interval_s": 5.0,
-        "heartbeat_timeout_s": 30.0,
-        "lease_reaper_interval_s": 0.2,
+        "database": {"url": db_url},
+        "api": {"admin_token": ADMIN, "node_join_token": JOIN},
+        "leases": {
+            "lease_s": 30.0,
+            "heartbeat_interval_s": 5.0,
+            "heartbeat_timeout_s": 30.0,
+            "reaper_interval_s": 0.2,
+        },
         # the autoscaler's own tests set a short interval; elsewhere its scale requests
         # would race the "appends nothing" checks
-        "autoscaler_interval_s": 3600.0,
+        "autoscaler": {"interval_s": 3600.0},
     }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **merged(values, groups))  # type: ignore[call-arg]
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top, nested dicts (groups) merged key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def auth(token: str) -> dict[str, str]:

@@ -32,6 +32,8 @@ import pytest
 
 from control_plane.capacity import leader
 from control_plane.capacity.actuators import (
+    ACTUATORS,
+    Actuator,
     KubernetesActuator,
     LocalActuator,
     ScaleAction,
@@ -48,12 +50,12 @@ from control_plane.db.engine import Database
 from control_plane.db.uow import read_connection, write_transaction
 from tests.api.conftest import Api, assert_problem, make_settings
 
-FAST: dict[str, Any] = {
-    "autoscaler_interval_s": 0.1,
-    "autoscaler_min_hold_s": 0.3,
-    "autoscaler_scale_up_cooldown_s": 0.0,
-    "autoscaler_scale_down_window_s": 0.5,
-    "autoscaler_idle_hold_s": 0.25,
+FAST: dict[str, Any] = {  # the autoscaler group, with short timings
+    "interval_s": 0.1,
+    "min_hold_s": 0.3,
+    "scale_up_cooldown_s": 0.0,
+    "scale_down_window_s": 0.5,
+    "idle_hold_s": 0.25,
 }
 MODE_CHANGED = "capacity.admission.mode.changed"
 SCALE_REQUESTED = "capacity.scale.requested"
@@ -121,7 +123,7 @@ def transitions(api: Api) -> list[tuple[str, str, str]]:
 
 
 def test_pressure_ramp_climbs_the_ladder_and_comes_back(make_api: Callable[..., Api]) -> None:
-    api = make_api(**FAST)
+    api = make_api(autoscaler=FAST)
     _, tenant = api.tenant()
     node = api.node("n1", max_concurrency=1)
 
@@ -185,7 +187,7 @@ def test_pressure_ramp_climbs_the_ladder_and_comes_back(make_api: Callable[..., 
 
 
 def test_noise_between_the_thresholds_changes_nothing(make_api: Callable[..., Api]) -> None:
-    api = make_api(**FAST)
+    api = make_api(autoscaler=FAST)
     _, tenant = api.tenant()
     node = api.node("n1", max_concurrency=1)
     for _ in range(6):
@@ -218,7 +220,7 @@ def test_noise_between_the_thresholds_changes_nothing(make_api: Callable[..., Ap
 
 
 def test_manual_override_holds_until_deleted_or_expired(make_api: Callable[..., Api]) -> None:
-    api = make_api(**FAST)
+    api = make_api(autoscaler=FAST)
     admin = api.admin()
     r = api.client.put(
         "/v1/capacity/mode", json={"mode": "CRITICAL", "reason": "ops"}, headers=admin
@@ -271,7 +273,7 @@ def test_manual_override_holds_until_deleted_or_expired(make_api: Callable[..., 
 
 
 def test_one_leader_among_replicas_and_handover_on_stop(make_api: Callable[..., Api]) -> None:
-    a, b = make_api(**FAST), make_api(**FAST)
+    a, b = make_api(autoscaler=FAST), make_api(autoscaler=FAST)
     first = wait_for("a leader", lambda: lease_holder(a))
     assert first in (service(a).holder, service(b).holder)
     lead, other = (a, b) if first == service(a).holder else (b, a)
@@ -298,11 +300,11 @@ def test_one_leader_among_replicas_and_handover_on_stop(make_api: Callable[..., 
 def test_a_dead_leader_hands_over_when_its_lease_expires(
     make_api: Callable[..., Api], db: Database, db_url: str
 ) -> None:
-    params = params_from_settings(make_settings(db_url, **FAST))
+    params = params_from_settings(make_settings(db_url, autoscaler=FAST).autoscaler)
     ghost = run_tick(db, params, "ghost-replica", lease_ttl_s=1.0)  # then never ticks again
     assert ghost.leader
     started = time.monotonic()
-    api = make_api(**FAST)
+    api = make_api(autoscaler=FAST)
     time.sleep(0.4)
     if time.monotonic() - started < 0.9:
         assert lease_holder(api) == "ghost-replica"
@@ -350,11 +352,11 @@ def test_webhook_signs_the_scale_request_and_retries_after_a_500(
     secret = "webhook-secret-for-tests-0123"
     url = f"http://127.0.0.1:{receiver.server_address[1]}/scale"
     api = make_api(
-        **FAST,
-        autoscaler_actuator="webhook",
-        autoscaler_webhook_url=url,
-        autoscaler_webhook_secret=secret,
-        autoscaler_webhook_backoff_s=0.05,
+        autoscaler={
+            **FAST,
+            "actuator": "webhook",
+            "webhook": {"url": url, "secret": secret, "backoff_s": 0.05},
+        }
     )
     _, tenant = api.tenant()
     api.node("n1", max_concurrency=1)
@@ -384,31 +386,74 @@ def test_webhook_signs_the_scale_request_and_retries_after_a_500(
 
 def test_actuator_settings_are_checked_at_start(db: Database, db_url: str) -> None:
     with pytest.raises(ValueError, match="WEBHOOK_URL"):
-        build_actuator(make_settings(db_url, autoscaler_actuator="webhook"), db)
+        build_actuator(make_settings(db_url, autoscaler={"actuator": "webhook"}), db)
     with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
         build_actuator(
             make_settings(
-                db_url, autoscaler_actuator="webhook", autoscaler_webhook_url="http://x/"
+                db_url, autoscaler={"actuator": "webhook", "webhook": {"url": "http://x/"}}
             ),
             db,
         )
     with pytest.raises(ValueError, match="K8S_API_URL"):
         build_actuator(
             make_settings(
-                db_url, autoscaler_actuator="kubernetes", autoscaler_k8s_namespace="krako"
+                db_url,
+                autoscaler={"actuator": "kubernetes", "kubernetes": {"namespace": "krako"}},
             ),
             db,
         )
-    with pytest.raises(ValueError, match="expected one of"):
-        build_actuator(make_settings(db_url, autoscaler_actuator="nomad"), db)
+    with pytest.raises(ValueError, match="'nomad': expected one of log, local, webhook, kube"):
+        build_actuator(make_settings(db_url, autoscaler={"actuator": "nomad"}), db)
     with pytest.raises(ValueError, match="hysteresis"):
         params_from_settings(
             make_settings(
                 db_url,
-                autoscaler_throttle_up_backlog_per_slot=1.0,
-                autoscaler_throttle_down_backlog_per_slot=2.0,
-            )
+                autoscaler={
+                    "throttle_up_backlog_per_slot": 1.0,
+                    "throttle_down_backlog_per_slot": 2.0,
+                },
+            ).autoscaler
         )
+
+
+def test_each_registered_actuator_is_built_from_its_settings(
+    db: Database, db_url: str, tmp_path: Path
+) -> None:
+    assert list(ACTUATORS) == ["log", "local", "webhook", "kubernetes"]
+    groups: dict[str, dict[str, Any]] = {
+        "log": {},
+        "local": {"local": {"control_plane_url": "http://cp:1", "agent_args": "--kinds cpu"}},
+        "webhook": {"webhook": {"url": "http://hook/", "secret": "s" * 16, "retries": 2}},
+        "kubernetes": {
+            "kubernetes": {"namespace": "krako", "api_url": "https://k8s:6443"},
+            "webhook": {"retries": 3},
+        },
+    }
+    built: dict[str, Actuator] = {}
+    for name, group in groups.items():
+        settings = make_settings(
+            db_url,
+            database={"data_dir": tmp_path},
+            autoscaler={"actuator": f" {name.upper()} ", "max_nodes": 3, **group},
+        )
+        actuator = build_actuator(settings, db)
+        built[name] = actuator
+        assert actuator.name == name
+        actuator.close()
+    local = built["local"]
+    assert isinstance(local, LocalActuator)
+    assert local.state_dir == (tmp_path / "autoscaler-agents").resolve()
+    assert local.control_plane_url == "http://cp:1" and local.max_nodes == 3
+    assert local.command("local-1")[-2:] == ["--kinds", "cpu"]
+    webhook = built["webhook"]
+    assert isinstance(webhook, WebhookActuator)
+    assert (webhook.url, webhook.retries) == ("http://hook/", 2)
+    kube = built["kubernetes"]
+    assert isinstance(kube, KubernetesActuator)
+    assert kube.url == (
+        "https://k8s:6443/apis/apps/v1/namespaces/krako/deployments/krako-agent/scale"
+    )
+    assert kube.retries == 3  # the webhook group's retries serve it too
 
 
 def test_the_lease_is_exclusive_until_it_expires(db: Database) -> None:

@@ -459,7 +459,7 @@ def test_cursor_of_another_list_or_tenant_is_invalid(api: Api) -> None:
 
 
 def test_body_over_the_limit_is_413(make_api: Callable[..., Api]) -> None:
-    api = make_api(max_body_bytes=4096)
+    api = make_api(api={"max_body_bytes": 4096})
     _, tenant = api.tenant()
     before = len(all_events(api))
     big = json.dumps(_unit(payload={"handler": "noop", "pad": "x" * 8000})).encode()

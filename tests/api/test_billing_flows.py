@@ -46,7 +46,7 @@ def _wait_for_event(api: Api, type_: str, timeout_s: float = 5.0) -> dict[str, A
 
 
 def test_stale_claim_spend_is_platform_cost(make_api: Callable[..., Api]) -> None:
-    api = make_api(lease_s=0.3, lease_reaper_interval_s=0.1)
+    api = make_api(leases={"lease_s": 0.3, "reaper_interval_s": 0.1})
     tenant_id, th = api.tenant()
     nh = api.node("n1", max_concurrency=8)
     unit = api.submit(th, kind="llm_pod", payload={"prompt": "hi", "model": "stub"})["id"]
@@ -70,7 +70,9 @@ def test_stale_claim_spend_is_platform_cost(make_api: Callable[..., Api]) -> Non
 
 
 def test_tokens_billed_from_the_completion(make_api: Callable[..., Api]) -> None:
-    api = make_api(bill_llm_from_workunit_completed=True, bill_llm_from_invocation=False)
+    api = make_api(
+        billing={"bill_llm_from_workunit_completed": True, "bill_llm_from_invocation": False}
+    )
     tenant_id, th = api.tenant()
     nh = api.node("n1", max_concurrency=8)
     unit = api.submit(th, kind="llm_pod", payload={"prompt": "hi"})["id"]
@@ -116,8 +118,7 @@ def test_both_flags_on_are_refused() -> None:
     with pytest.raises(ValueError, match="twice"):
         Settings(
             _env_file=None,  # type: ignore[call-arg]
-            bill_llm_from_workunit_completed=True,
-            bill_llm_from_invocation=True,
+            billing={"bill_llm_from_workunit_completed": True, "bill_llm_from_invocation": True},
         )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRAKO_")}
     env.update(

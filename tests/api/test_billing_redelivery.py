@@ -83,7 +83,9 @@ def test_redelivery_never_bills_twice(
 ) -> None:
     rng = random.Random(seed)
     sink_path = tmp_path / "ledger.jsonl"
-    a = make_api(wallet_snapshot_every=rng.choice([2, 5, 11]), ledger_jsonl_path=str(sink_path))
+    a = make_api(
+        billing={"wallet_snapshot_every": rng.choice([2, 5, 11]), "ledger_jsonl_path": sink_path}
+    )
     b = make_api()  # a second replica on the same database
     tenants = [a.tenant(f"t{i}") for i in range(2)]
     nh = a.node("n1", max_concurrency=64)

@@ -141,7 +141,7 @@ def test_replay_verifies_and_rebuilds_the_configured_sink(
     make_api: Callable[..., Api], tmp_path: Path
 ) -> None:
     path = tmp_path / "sink" / "ledger.jsonl"
-    api = make_api(ledger_jsonl_path=str(path))
+    api = make_api(billing={"ledger_jsonl_path": path})
     th, nh = _setup(api)
     run_units(api, th, "n1", nh, [10, 20])
     run_units(api, th, "n1", nh, [30], invocations=3, kind="llm_pod")
@@ -175,7 +175,9 @@ def test_replay_verifies_and_rebuilds_the_configured_sink(
 def test_ledger_pages_never_split_an_event(make_api: Callable[..., Api]) -> None:
     """Events with several lines (tokens billed from the completion, two models) stream in
     canonical order whatever the page size, even a page smaller than one event."""
-    api = make_api(bill_llm_from_workunit_completed=True, bill_llm_from_invocation=False)
+    api = make_api(
+        billing={"bill_llm_from_workunit_completed": True, "bill_llm_from_invocation": False}
+    )
     th, nh = _setup(api)
     for model in ("stub", "gpt-4o"):
         unit = api.submit(th, kind="llm_pod", payload={"prompt": "x"})["id"]

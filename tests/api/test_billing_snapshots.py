@@ -26,7 +26,7 @@ def _db(api: Api) -> Database:
 
 
 def test_snapshot_replay_equals_full_replay_equals_live(make_api: Callable[..., Api]) -> None:
-    api = make_api(wallet_snapshot_every=7)
+    api = make_api(billing={"wallet_snapshot_every": 7})
     _, th = api.tenant("a")
     _, th2 = api.tenant("b")
     nh = api.node("n1", max_concurrency=64)
@@ -66,7 +66,7 @@ def test_snapshot_replay_equals_full_replay_equals_live(make_api: Callable[..., 
 
 
 def test_snapshots_are_taken_every_n_events_and_pruned(make_api: Callable[..., Api]) -> None:
-    api = make_api(wallet_snapshot_every=1)
+    api = make_api(billing={"wallet_snapshot_every": 1})
     _, th = api.tenant()
     nh = api.node("n1", max_concurrency=64)
     for ms in (1, 2, 3, 4, 5):
@@ -84,7 +84,7 @@ def test_snapshots_are_taken_every_n_events_and_pruned(make_api: Callable[..., A
 
 
 def test_snapshot_replay_catches_a_tampered_line(make_api: Callable[..., Api]) -> None:
-    api = make_api(wallet_snapshot_every=1)
+    api = make_api(billing={"wallet_snapshot_every": 1})
     _, th = api.tenant()
     nh = api.node("n1", max_concurrency=64)
     [unit] = run_units(api, th, "n1", nh, [1000])

@@ -44,7 +44,7 @@ def _claim(api: Api, unit_id: str, attempt: int, headers: dict[str, str]) -> Any
 
 
 def test_offer_fanout_first_claim_wins(make_api: Callable[..., Api]) -> None:
-    api = make_api(scheduler_offer_fanout=2)
+    api = make_api(scheduler={"offer_fanout": 2})
     _, tenant = api.tenant()
     heads = {n: api.node(n) for n in ("node-a", "node-b", "node-c")}
     unit = api.submit(tenant)
@@ -92,7 +92,7 @@ def test_offer_fanout_first_claim_wins(make_api: Callable[..., Api]) -> None:
 def test_lease_expiry_requeues_then_fails_after_max_attempts(
     make_api: Callable[..., Api],
 ) -> None:
-    api = make_api(lease_s=0.5, lease_reaper_interval_s=0.1)
+    api = make_api(leases={"lease_s": 0.5, "reaper_interval_s": 0.1})
     _, tenant = api.tenant()
     node = api.node("node-a")
     unit = api.submit(tenant, max_attempts=2)
@@ -147,7 +147,7 @@ def test_lease_expiry_requeues_then_fails_after_max_attempts(
 
 
 def test_heartbeat_renews_and_revokes(make_api: Callable[..., Api]) -> None:
-    api = make_api(lease_s=1.0, lease_reaper_interval_s=0.1)
+    api = make_api(leases={"lease_s": 1.0, "reaper_interval_s": 0.1})
     _, tenant = api.tenant()
     node = api.node("node-a")
     keep = api.submit(tenant)

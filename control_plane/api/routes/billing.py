@@ -73,7 +73,7 @@ async def ledger(
     tenant_id: str | None = None,
 ) -> LedgerPage:
     who = p.tenant_id if p.tenant_id is not None else tenant_id
-    secret = settings.admin_token or ""
+    secret = settings.api.admin_token or ""
     scope = f"ledger:{who or '*'}:{after}"
     key: tuple[int, str] | None = None
     if cursor:
@@ -173,7 +173,8 @@ async def anomalies(_: Admin, db: DbDep, settings: SettingsDep) -> AnomalyReport
             lines = store.all_lines(conn)
             # billing reads only its own event types: the rest cannot matter here
             events = list(store.events_upto(conn, upto, store.BILLING_TYPES))
-        conflict = settings.bill_llm_from_workunit_completed and settings.bill_llm_from_invocation
+        flags = settings.billing
+        conflict = flags.bill_llm_from_workunit_completed and flags.bill_llm_from_invocation
         return AnomalyReport(anomalies=find_anomalies(events, lines, conflict))
 
     return await run_in_threadpool(run)

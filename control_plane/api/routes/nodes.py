@@ -70,8 +70,8 @@ async def register(
     return NodeRegistration(
         node_id=node_id,
         node_token=token,
-        heartbeat_interval_s=s.heartbeat_interval_s,
-        lease_s=s.lease_s,
+        heartbeat_interval_s=s.leases.heartbeat_interval_s,
+        lease_s=s.leases.lease_s,
     )
 
 
@@ -87,7 +87,7 @@ async def heartbeat(
     node_id: str, body: HeartbeatRequest, p: NodeP, db: DbDep, s: SettingsDep
 ) -> HeartbeatReply:
     node_path_guard(p, node_id)
-    return await run_in_threadpool(nodes.heartbeat, db, node_id, body, s.lease_s)
+    return await run_in_threadpool(nodes.heartbeat, db, node_id, body, s.leases.lease_s)
 
 
 async def _disconnected(request: Request) -> None:
@@ -131,7 +131,7 @@ async def poll(
                     node_id,
                     body.max_units,
                     body.claim,
-                    s.lease_s,
+                    s.leases.lease_s,
                     True,
                 )
                 if assignments or granted:
@@ -219,7 +219,7 @@ async def list_nodes(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     cursor: str | None = None,
 ) -> Page[Node]:
-    secret = s.admin_token or ""
+    secret = s.api.admin_token or ""
     after = decode_cursor(secret, "nodes", cursor) if cursor else None
 
     def load() -> list[Node]:

@@ -138,7 +138,7 @@ async def list_units(
     kind: WorkUnitKind | None = None,
     priority: Priority | None = None,
 ) -> Page[WorkUnit]:
-    secret = settings.admin_token or ""
+    secret = settings.api.admin_token or ""
     scope = f"workunits:{p.tenant_id or '*'}"
     after = decode_cursor(secret, scope, cursor) if cursor else None
 
@@ -229,7 +229,7 @@ async def claim(
 ) -> ClaimReply:
     assert p.node_id is not None
     return await run_in_threadpool(
-        claims.claim, db, p.node_id, unit_id, body.attempt, settings.lease_s
+        claims.claim, db, p.node_id, unit_id, body.attempt, settings.leases.lease_s
     )
 
 
