@@ -363,6 +363,8 @@ def terminate_as_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt(f"signal {signum}")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # also when started with SIGINT ignored (a background job of a script)
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:

@@ -93,6 +93,13 @@ class CompletionMonitor:
         self._thread.daemon = True
         self._thread.start()
 
+    def stop(self) -> None:
+        """End the thread now (the caller is unwinding: Ctrl-C, a failed submit)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+        self.progress.done()
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set() and time.perf_counter() < self.deadline:
@@ -113,11 +120,10 @@ class CompletionMonitor:
             self.error = exc
 
     def wait(self) -> None:
+        """Until all are done or the deadline passed."""
         assert self._thread is not None
         self._thread.join(max(0.0, self.deadline - time.perf_counter()) + 5.0)
-        self._stop.set()
-        self._thread.join(10.0)
-        self.progress.done()
+        self.stop()
         if self.error is not None:
             raise RuntimeError(f"{self.label}: counting completions failed") from self.error
 
@@ -140,12 +146,16 @@ def one_at_a_time(
         count, units, label, progress, lambda: submitted, deadline=t0 + time_limit
     )
     monitor.start()
-    for i in range(units):
-        if time.perf_counter() > monitor.deadline:
-            break
-        submit(i)
-        submitted += 1
-    submit_s = time.perf_counter() - t0
+    try:
+        for i in range(units):
+            if time.perf_counter() > monitor.deadline:
+                break
+            submit(i)
+            submitted += 1
+        submit_s = time.perf_counter() - t0
+    except BaseException:
+        monitor.stop()
+        raise
     monitor.wait()
     finished = monitor.all_at is not None
     seconds = (monitor.all_at if finished else time.perf_counter()) - t0
@@ -182,7 +192,11 @@ def drain(
     t1 = time.perf_counter()
     monitor = CompletionMonitor(count, units, label, progress, lambda: units, t1 + time_limit)
     monitor.start()
-    start_workers()
+    try:
+        start_workers()
+    except BaseException:
+        monitor.stop()
+        raise
     monitor.wait()
     finished = monitor.all_at is not None
     end = monitor.all_at if finished else time.perf_counter()
