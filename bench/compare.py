@@ -76,7 +76,9 @@ What would make a comparison unfair (check before quoting a figure)
   only a result or a log row. That is the product, but say so when quoting a ratio.
 - Completion detection: the harness sees completions by polling (Celery: ``MGET`` of the
   result keys, pgqueuer: a count of the queue table, every 10 ms) or by Krako's events
-  long-poll, so end times carry up to ~10 ms of detection delay, which matters only for tiny N.
+  long-poll (at most 20 requests a second, since each costs the control plane CPU the
+  workload then lacks), so end times carry up to ~10 ms (peers) or ~50 ms (Krako) of
+  detection delay: nothing on 5,000 units, a few per cent of a ``--quick`` drain.
 - Client cost: one client, one call at a time, in the harness process. Celery's client
   subscribes to each task's result channel (its redis backend does that for every send);
   pgqueuer's client is asyncpg on uvloop; Krako's is httpx. All of it shares the two cores

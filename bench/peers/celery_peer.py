@@ -32,12 +32,6 @@ def missing() -> str | None:
     return None
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("celery", "kombu", "redis")}
-
-
 @dataclass
 class RedisServer:
     """The Redis the Celery figures use: a private ``redis-server`` with ``appendfsync always``

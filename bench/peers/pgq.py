@@ -45,12 +45,6 @@ def missing() -> str | None:
     return None
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("pgqueuer", "asyncpg")}
-
-
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
