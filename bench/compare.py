@@ -45,7 +45,7 @@ What each figure measures
    app (uvicorn, one worker, a POST with a small pydantic body; ``peers/baseline_app.py``) is
    measured the same way in the same run, and each Krako figure is printed as ms and as a
    ratio to it. The resolution is one clock tick (10 ms), so use a few hundred commands.
-5. Krako only, batch submit: ``--units`` units in ``POST /v1/workunits/batch`` requests of 100,
+5. Krako only, batch submit: ``--batch-units`` units (default ``--units``) in batch requests of 100,
    one client, units/s (and control-plane CPU per unit in the JSON).
 
 Workers, and why
