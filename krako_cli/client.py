@@ -154,12 +154,6 @@ class Api:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> Api:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def send(
         self,
         method: str,
