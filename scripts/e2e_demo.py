@@ -388,6 +388,15 @@ def ready(api: Api) -> bool:
     return True
 
 
+def long_polls_waiting(api: Api) -> int:
+    """How many long-polls the control plane holds now (``krako_waiters`` in /metrics)."""
+    for line in api.send("GET", "/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "krako_waiters":
+            return int(float(value))
+    return 0
+
+
 @dataclass(frozen=True)
 class Submitted:
     """What one submission got: the HTTP status, and the unit or the refusal."""
@@ -655,6 +664,20 @@ class Demo:
             time.sleep(0.1)
         raise DemoError(f"agents {sorted(want)} did not register within 30 s")
 
+    def wait_polling(self, agents: Sequence[Proc], timeout_s: float = 10.0) -> None:
+        """Wait until every agent holds a long-poll (the ``krako_waiters`` gauge of
+        GET /metrics), so that a unit offered to all of them reaches all of them at once; a
+        fixed pause loses that race on a busy machine."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            waiting, _ = attempt(lambda: long_polls_waiting(self.admin))
+            if waiting is not None and waiting >= len(agents):
+                return
+            time.sleep(0.05)
+        self.data.notes.append(
+            f"not every agent was long-polling after {timeout_s:g} s; submitted anyway"
+        )
+
     def wait_agents(self, agents: Sequence[Proc]) -> None:
         budget = self.opts.polls * (self.opts.poll_wait + 2.0) + 20.0
         deadline = time.monotonic() + budget
@@ -758,7 +781,7 @@ class Demo:
             # Both nodes must exist when the units are placed, so that each is offered to both.
             agents = self.start_agents()
             self.wait_registered(agents)
-            time.sleep(0.3)  # let both agents' first long-poll start
+            self.wait_polling(agents)
             self.submit()
         else:
             # Units first: the agent claims them on its first poll, so few polls suffice.
