@@ -10,10 +10,12 @@ API: the event timeline, each placement and why, the claims (and a lost claim ra
 ``--multi-agent``), LLM telemetry, the ledger, the wallet, capacity changes and the replay
 check.
 
-It is only an HTTP client: it imports nothing from the project, so what it shows is what any
-client sees. Exit code 0 when every unit reached a terminal state and the replay is
-identical; 1 otherwise; 2 when a process could not be started; 130 on Ctrl-C. Processes it
-started are stopped on every exit path; their logs stay under ``<data dir>/logs``.
+It is a client like any other: it talks to the control plane over HTTP only, through the
+``krako`` CLI's client (``krako_cli.client``, ``krako_cli.follow``) and puts events into words
+with the CLI's renderers, so what it shows is what any client sees. Exit code 0 when every
+unit reached a terminal state and the replay is identical; 1 otherwise; 2 when a process
+could not be started or the control plane refused a step; 130 on Ctrl-C. Processes it started
+are stopped on every exit path; their logs stay under ``<data dir>/logs``.
 
     python scripts/e2e_demo.py --reset --burst 3 --polls 6
     python scripts/e2e_demo.py --reset --kind llm_pod --polls 2 --llm-provider stub
@@ -36,19 +38,48 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-import httpx
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.rule import Rule
+from rich.table import Table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-BILLABLE = frozenset({"workunit.completed", "llm.invocation.completed"})
-CAPACITY_EVENTS = ("capacity.scale.requested", "capacity.admission.mode.changed")
+
+# the demo, its control plane and its agents all run this checkout, installed or not
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from krako_cli.client import Api, CliError, ProblemError, Runtime  # noqa: E402
+from krako_cli.follow import Tail, events_after, wait_for_unit  # noqa: E402
+from krako_cli.render.capacity import queue_text  # noqa: E402
+from krako_cli.render.events import summarize  # noqa: E402
+from krako_cli.render.placements import Placement  # noqa: E402
+from krako_cli.render.text import clock  # noqa: E402
+from shared.enums import CapacityMode, LineItemType, WorkUnitStatus  # noqa: E402
+from shared.events import (  # noqa: E402
+    CapacityAdmissionModeChanged,
+    CapacityScaleRequested,
+    Event,
+    EventType,
+    LlmInvocationCompleted,
+    Payload,
+    WorkUnitClaimed,
+)
+from shared.money import format_usd  # noqa: E402
+from shared.wire import CapacityReport, LedgerEntry, ReplayReport, Wallet, WorkUnit  # noqa: E402
+
+BILLABLE = frozenset({EventType.WORKUNIT_COMPLETED, EventType.LLM_INVOCATION_COMPLETED})
+CAPACITY_EVENTS = frozenset(
+    {EventType.CAPACITY_SCALE_REQUESTED, EventType.CAPACITY_ADMISSION_MODE_CHANGED}
+)
 # Child variables the demo passes through from the caller's environment (LLM credentials and
 # model choice); every other KRAKO_* is set by the demo itself so runs are reproducible.
 PASS_THROUGH = ("KRAKO_OPENAI_", "KRAKO_LLM_MODEL", "KRAKO_LLM_PRICES", "OPENAI_")
@@ -66,6 +97,8 @@ PRESSURE_ENV = {
 KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 Json = dict[str, Any]
+T = TypeVar("T")
+P = TypeVar("P", bound=Payload)
 
 
 class DemoError(Exception):
@@ -174,7 +207,7 @@ class Output(Protocol):
 
 
 class PlainOutput:
-    """Aligned plain text (no dependency, and what ``--plain`` or a missing rich gives)."""
+    """Aligned plain text (what ``--plain`` gives)."""
 
     def heading(self, text: str) -> None:
         print(f"\n== {text} ==", flush=True)
@@ -199,41 +232,27 @@ class RichOutput:
     """The same, drawn by rich."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-
         width = None if sys.stdout.isatty() else 160
         self._console = Console(highlight=False, width=width, soft_wrap=False)
 
     def heading(self, text: str) -> None:
-        from rich.rule import Rule
-
         self._console.print()
-        self._console.print(Rule(f"[bold]{text}[/bold]", align="left"))
+        self._console.print(Rule(f"[bold]{escape(text)}[/bold]", align="left"))
 
     def line(self, text: str = "") -> None:
-        from rich.markup import escape
-
         self._console.print(escape(text), soft_wrap=True)
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-        from rich import box
-        from rich.table import Table
-
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(escape(cell) for cell in row))
         self._console.print(table)
 
 
 def make_output(plain: bool) -> Output:
-    if not plain:
-        try:
-            return RichOutput()
-        except ImportError:
-            pass
-    return PlainOutput()
+    return PlainOutput() if plain else RichOutput()
 
 
 # --------------------------------------------------------------------------- processes
@@ -330,67 +349,61 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-# --------------------------------------------------------------------------- HTTP
+# --------------------------------------------------------------------------- the API
 
 
-@dataclass
-class Reply:
+def why(exc: CliError) -> str:
+    """The first line of the client's message (title, code, detail), for a one-line note."""
+    return exc.message.splitlines()[0]
+
+
+@contextlib.contextmanager
+def step(what: str) -> Iterator[None]:
+    """A refused or failed request inside ends the demo with a DemoError naming ``what``."""
+    try:
+        yield
+    except CliError as exc:
+        raise DemoError(f"{what}: {why(exc)}") from exc
+
+
+def attempt(read: Callable[[], T]) -> tuple[T | None, str | None]:
+    """``read()``, or None and why it failed: for the sections a report can do without."""
+    try:
+        return read(), None
+    except CliError as exc:
+        return None, why(exc)
+
+
+def payload_of(event: Event, model: type[P]) -> P:
+    """The event's payload as its typed model."""
+    return model.model_validate(event.payload)
+
+
+def ready(api: Api) -> bool:
+    """Whether GET /readyz says the control plane is up, migrated and reaches its database."""
+    try:
+        api.send("GET", "/readyz", read_timeout=2.0)
+    except CliError:
+        return False
+    return True
+
+
+def long_polls_waiting(api: Api) -> int:
+    """How many long-polls the control plane holds now (``krako_waiters`` in /metrics)."""
+    for line in api.send("GET", "/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "krako_waiters":
+            return int(float(value))
+    return 0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What one submission got: the HTTP status, and the unit or the refusal."""
+
     status: int
-    body: Any
-    text: str
-    retry_after: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    def why(self) -> str:
-        if isinstance(self.body, dict):
-            code = self.body.get("code")
-            detail = self.body.get("detail") or self.body.get("title")
-            return f"HTTP {self.status}" + (f" {code}" if code else "") + f": {detail}"
-        return f"HTTP {self.status}: {self.text[:200]}"
-
-
-class Api:
-    """The few calls the demo makes, as admin or as the demo tenant."""
-
-    def __init__(self, base_url: str, admin_token: str) -> None:
-        self.base_url = base_url
-        self.admin_token = admin_token
-        self.tenant_key: str | None = None
-        self._http = httpx.Client(base_url=base_url, timeout=httpx.Timeout(45.0))
-
-    def close(self) -> None:
-        self._http.close()
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        as_admin: bool = False,
-        json_body: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Reply:
-        token = self.admin_token if as_admin else self.tenant_key
-        all_headers = {"Authorization": f"Bearer {token}"} if token else {}
-        all_headers.update(headers or {})
-        response = self._http.request(
-            method, path, json=json_body, params=params, headers=all_headers
-        )
-        body: Any = None
-        if response.content:
-            with contextlib.suppress(ValueError):
-                body = response.json()
-        return Reply(response.status_code, body, response.text, response.headers.get("retry-after"))
-
-    def ready(self) -> bool:
-        try:
-            return self._http.get("/readyz", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+    unit: WorkUnit | None = None
+    refusal: ProblemError | None = None
 
 
 # --------------------------------------------------------------------------- the run
@@ -403,15 +416,15 @@ class Collected:
     tenant_id: str = ""
     start_seq: int = 0  # events up to here are from earlier runs (no --reset)
     unit_ids: list[str] = field(default_factory=list)
-    units: dict[str, Json] = field(default_factory=dict)
-    events: list[Json] = field(default_factory=list)
-    ledger: list[Json] | None = None
+    units: dict[str, WorkUnit] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    ledger: list[LedgerEntry] | None = None
     ledger_error: str | None = None
-    wallet: Json | None = None
+    wallet: Wallet | None = None
     wallet_error: str | None = None
-    capacity: Json | None = None
+    capacity: CapacityReport | None = None
     capacity_error: str | None = None
-    replay: Json | None = None
+    replay: ReplayReport | None = None
     replay_error: str | None = None
     agent_lines: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     agent_exit: dict[str, int | None] = field(default_factory=dict)
@@ -439,10 +452,18 @@ class Demo:
         self.join_token = "kj_" + secrets.token_urlsafe(24)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.api = Api(self.base_url, self.admin_token)
+        self.admin = Api(Runtime(url=self.base_url, token=self.admin_token))
+        self._tenant: Api | None = None
         self.session_id = f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         self.data = Collected()
         self.started = time.monotonic()
+
+    @property
+    def tenant(self) -> Api:
+        """The API as the demo's tenant (once it exists)."""
+        if self._tenant is None:
+            raise DemoError("no tenant yet")
+        return self._tenant
 
     # ---------------------------------------------------------------- steps
 
@@ -479,20 +500,17 @@ class Demo:
         while time.monotonic() < deadline:
             if not proc.alive():
                 raise DemoError(f"the control plane exited with code {proc.popen.returncode}")
-            if self.api.ready():
+            if ready(self.admin):
                 self.data.timings["control plane ready"] = time.monotonic() - self.started
                 return proc
             time.sleep(0.1)
         raise DemoError("the control plane was not ready (GET /readyz) within 30 s")
 
     def create_tenant(self) -> None:
-        reply = self.api.call(
-            "POST", "/v1/tenants", as_admin=True, json_body={"name": self.session_id}
-        )
-        if not reply.ok:
-            raise DemoError(f"POST /v1/tenants: {reply.why()}")
-        self.data.tenant_id = reply.body["tenant_id"]
-        self.api.tenant_key = reply.body["api_key"]
+        with step("POST /v1/tenants"):
+            created = self.admin.post("/v1/tenants", {"name": self.session_id})
+        self.data.tenant_id = str(created["tenant_id"])
+        self._tenant = Api(Runtime(url=self.base_url, token=str(created["api_key"])))
 
     def submit(self) -> None:
         units: list[tuple[str, Json, str]] = [
@@ -506,73 +524,77 @@ class Demo:
         self._submit_all(units)
         self.data.timings["submitted"] = time.monotonic() - self.started
 
-    def _submit_one(self, kind: str, payload: Json, key: str, priority: str = "p1") -> Reply:
+    def _submit_one(self, kind: str, payload: Json, key: str, priority: str = "p1") -> Submitted:
         body = {
             "kind": kind,
             "execution_session_id": self.session_id,
             "priority": priority,
             "payload": payload,
         }
-        return self.api.call(
-            "POST",
-            "/v1/workunits",
-            json_body=body,
-            headers={"Idempotency-Key": f"{self.session_id}-{key}"},
-        )
+        try:
+            # the Idempotency-Key makes the submission safe to retry through an outage
+            response = self.tenant.send(
+                "POST",
+                "/v1/workunits",
+                body=body,
+                headers={"Idempotency-Key": f"{self.session_id}-{key}"},
+                retry_s=10.0,
+            )
+        except ProblemError as exc:
+            return Submitted(exc.status, refusal=exc)
+        return Submitted(response.status_code, unit=WorkUnit.model_validate(response.json()))
 
     def _submit_all(self, units: Sequence[tuple[str, Json, str]]) -> None:
         for kind, payload, key in units:
-            reply = self._submit_one(kind, payload, key)
-            if reply.status == 429:
+            submitted = self._submit_one(kind, payload, key)
+            if submitted.refusal is not None and submitted.status == 429:
                 self.data.notes.append(
-                    f"unit {key} refused by admission ({reply.why()}); not retried"
+                    f"unit {key} refused by admission ({why(submitted.refusal)}); not retried"
                 )
                 continue
-            if not reply.ok:
-                raise DemoError(f"POST /v1/workunits: {reply.why()}")
-            self.data.unit_ids.append(reply.body["id"])
+            if submitted.unit is None:
+                reason = why(submitted.refusal) if submitted.refusal else "no unit"
+                raise DemoError(f"POST /v1/workunits: {reason}")
+            self.data.unit_ids.append(submitted.unit.id)
 
     def ramp_pressure(self) -> None:
         """With no capacity yet: the first wave takes the mode to THROTTLED, a second wave to
         CRITICAL, where a p1 submission is refused (429) and a p0 one admitted. The agent
         started afterwards drains it all, and the mode comes back down to OPEN."""
-        if not self.wait_for_mode("THROTTLED"):
+        if not self.wait_for_mode(CapacityMode.THROTTLED):
             return
         sleep = {"handler": "sleep", "args": {"ms": PRESSURE_SLEEP_MS}}
         self._submit_all([("cpu", sleep, f"wave2-{i}") for i in range(PRESSURE_SECOND_WAVE)])
-        if not self.wait_for_mode("CRITICAL"):
+        if not self.wait_for_mode(CapacityMode.CRITICAL):
             return
         refused = self._submit_one("cpu", sleep, "critical-p1")
-        retry = f" (Retry-After {refused.retry_after} s)" if refused.retry_after else ""
+        after = refused.refusal.retry_after if refused.refusal else None
+        retry = f" (Retry-After {after} s)" if after else ""
         self.data.notes.append(f"pressure: in CRITICAL a p1 submission got {refused.status}{retry}")
-        if refused.ok:
-            self.data.unit_ids.append(refused.body["id"])
+        if refused.unit is not None:
+            self.data.unit_ids.append(refused.unit.id)
         admitted = self._submit_one("cpu", sleep, "critical-p0", priority="p0")
         self.data.notes.append(f"pressure: in CRITICAL a p0 submission got {admitted.status}")
-        if admitted.ok:
-            self.data.unit_ids.append(admitted.body["id"])
+        if admitted.unit is not None:
+            self.data.unit_ids.append(admitted.unit.id)
 
-    def wait_for_mode(self, mode: str, timeout_s: float = 8.0) -> bool:
+    def wait_for_mode(self, mode: CapacityMode, timeout_s: float = 8.0) -> bool:
         """Tail the log until the autoscaler switches the admission mode to ``mode``."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            wait = max(0.0, min(1.0, deadline - time.monotonic()))
-            reply = self.api.call(
-                "GET",
-                "/v1/events",
-                as_admin=True,
-                params={
-                    "after": self._mode_after,
-                    "wait_s": wait,
-                    "type": "capacity.admission.mode.changed",
-                },
-            )
-            if not reply.ok:
-                self.data.notes.append(f"GET /v1/events while waiting: {reply.why()}")
-                return False
-            self._mode_after = reply.body["last_seq"]
-            if any(e["payload"].get("to") == mode for e in reply.body["events"]):
-                return True
+        tail = Tail(
+            self.admin,
+            self._mode_after,
+            time.monotonic() + timeout_s,
+            event_type=EventType.CAPACITY_ADMISSION_MODE_CHANGED,
+        )
+        try:
+            for event in tail:
+                if payload_of(event, CapacityAdmissionModeChanged).to == mode:
+                    self._mode_after = tail.after
+                    return True
+        except CliError as exc:
+            self.data.notes.append(f"GET /v1/events while waiting: {why(exc)}")
+            return False
+        self._mode_after = tail.after
         self.data.notes.append(
             f"pressure: the mode did not reach {mode} within {timeout_s:g} s "
             "(is the autoscaler running?)"
@@ -635,12 +657,26 @@ class Demo:
             for proc in agents:
                 if not proc.alive():
                     raise DemoError(f"{proc.name} exited with code {proc.popen.returncode}")
-            reply = self.api.call("GET", "/v1/nodes", as_admin=True)
-            if reply.ok and want <= {n["node_id"] for n in reply.body.get("items", [])}:
+            registered, _ = attempt(lambda: {n["node_id"] for n in self.admin.pages("/v1/nodes")})
+            if registered is not None and want <= registered:
                 self.data.timings["agents registered"] = time.monotonic() - self.started
                 return
             time.sleep(0.1)
         raise DemoError(f"agents {sorted(want)} did not register within 30 s")
+
+    def wait_polling(self, agents: Sequence[Proc], timeout_s: float = 10.0) -> None:
+        """Wait until every agent holds a long-poll (the ``krako_waiters`` gauge of
+        GET /metrics), so that a unit offered to all of them reaches all of them at once; a
+        fixed pause loses that race on a busy machine."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            waiting, _ = attempt(lambda: long_polls_waiting(self.admin))
+            if waiting is not None and waiting >= len(agents):
+                return
+            time.sleep(0.05)
+        self.data.notes.append(
+            f"not every agent was long-polling after {timeout_s:g} s; submitted anyway"
+        )
 
     def wait_agents(self, agents: Sequence[Proc]) -> None:
         budget = self.opts.polls * (self.opts.poll_wait + 2.0) + 20.0
@@ -662,81 +698,58 @@ class Demo:
         clean = any(code == 0 for code in self.data.agent_exit.values())
         deadline = time.monotonic() + (20 if clean else 1)
         for unit_id in self.data.unit_ids:
-            while True:
-                wait = max(0.0, min(10.0, deadline - time.monotonic()))
-                reply = self.api.call("GET", f"/v1/workunits/{unit_id}", params={"wait_s": wait})
-                if not reply.ok:
-                    raise DemoError(f"GET /v1/workunits/{unit_id}: {reply.why()}")
-                self.data.units[unit_id] = reply.body
-                if reply.body["status"] in TERMINAL or time.monotonic() >= deadline:
-                    break
+            with step(f"GET /v1/workunits/{unit_id}"):
+                unit = self.tenant.unit(unit_id)
+                left = max(0.0, deadline - time.monotonic())
+                self.data.units[unit_id] = wait_for_unit(self.tenant, unit, left)
 
     def collect(self) -> None:
         d = self.data
-        d.events = self._all_events(d.start_seq)
+        with step("GET /v1/events"):
+            d.events = events_after(self.admin, d.start_seq)
         self._wait_billing()
-        d.ledger, d.ledger_error = self._ledger()
-        wallet = self.api.call("GET", f"/v1/billing/wallets/{d.tenant_id}")
-        d.wallet, d.wallet_error = (wallet.body, None) if wallet.ok else (None, wallet.why())
-        capacity = self.api.call("GET", "/v1/capacity", as_admin=True)
-        d.capacity, d.capacity_error = (
-            (capacity.body, None) if capacity.ok else (None, capacity.why())
+        d.ledger, d.ledger_error = attempt(
+            lambda: [
+                LedgerEntry.model_validate(raw)
+                for raw in self.tenant.pages("/v1/billing/ledger", key="entries")
+            ]
         )
-        replay = self.api.call("POST", "/v1/billing/replay", as_admin=True)
-        d.replay, d.replay_error = (replay.body, None) if replay.ok else (None, replay.why())
+        d.wallet, d.wallet_error = attempt(self._wallet)
+        d.capacity, d.capacity_error = attempt(
+            lambda: CapacityReport.model_validate(self.admin.get("/v1/capacity"))
+        )
+        d.replay, d.replay_error = attempt(
+            lambda: ReplayReport.model_validate(
+                self.admin.post("/v1/billing/replay", read_timeout=600.0)
+            )
+        )
         for proc in self.fleet.procs:
             if proc.name.startswith("agent"):
                 d.agent_lines[proc.name] = parse_agent_log(proc.log_path)
 
-    def _all_events(self, after: int = 0) -> list[Json]:
-        events: list[Json] = []
-        while True:
-            reply = self.api.call(
-                "GET", "/v1/events", as_admin=True, params={"after": after, "limit": 1000}
-            )
-            if not reply.ok:
-                raise DemoError(f"GET /v1/events: {reply.why()}")
-            page = reply.body["events"]
-            if not page:
-                return events
-            events.extend(page)
-            after = reply.body["last_seq"]
+    def _wallet(self) -> Wallet:
+        return Wallet.model_validate(self.tenant.get(f"/v1/billing/wallets/{self.data.tenant_id}"))
 
     def _wait_billing(self) -> None:
         """Billing folds the log asynchronously: wait until the wallet covers our last
         billable event (or give up after 10 s and say so)."""
         mine = [
-            e["seq"]
+            e.seq
             for e in self.data.events
-            if e["type"] in BILLABLE and e.get("tenant_id") == self.data.tenant_id
+            if e.type in BILLABLE and e.tenant_id == self.data.tenant_id
         ]
         if not mine:
             return
         target = max(mine)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            reply = self.api.call("GET", f"/v1/billing/wallets/{self.data.tenant_id}")
-            if not reply.ok:
+            wallet, _ = attempt(self._wallet)
+            if wallet is None:
                 return  # reported by collect()
-            if int(reply.body.get("as_of_seq") or 0) >= target:
+            if wallet.as_of_seq >= target:
                 return
             time.sleep(0.2)
         self.data.notes.append(f"billing had not folded seq {target} after 10 s")
-
-    def _ledger(self) -> tuple[list[Json] | None, str | None]:
-        entries: list[Json] = []
-        cursor: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": 1000}
-            if cursor:
-                params["cursor"] = cursor
-            reply = self.api.call("GET", "/v1/billing/ledger", params=params)
-            if not reply.ok:
-                return None, reply.why()
-            entries.extend(reply.body.get("entries", []))
-            cursor = reply.body.get("next_cursor")
-            if not cursor:
-                return entries, None
 
     # ---------------------------------------------------------------- orchestration
 
@@ -752,11 +765,12 @@ class Demo:
             + (", fan-out 2, explicit claims" if opts.multi_agent else "")
         )
         self.start_control_plane()
-        earlier = self._all_events()
+        with step("GET /v1/events"):
+            earlier = events_after(self.admin)
         # A fresh log holds only the control plane's seeding (prices, billing policy), which
         # belongs to this run; anything with a tenant in it is an earlier run's.
-        if any(e["type"] == "tenant.created" for e in earlier):
-            self.data.start_seq = earlier[-1]["seq"]
+        if any(e.type == EventType.TENANT_CREATED for e in earlier):
+            self.data.start_seq = earlier[-1].seq
             self.data.notes.append(
                 f"the log already held {len(earlier)} events of earlier runs (seq <= "
                 f"{self.data.start_seq}); the timeline shows this run's only (--reset for a "
@@ -767,7 +781,7 @@ class Demo:
             # Both nodes must exist when the units are placed, so that each is offered to both.
             agents = self.start_agents()
             self.wait_registered(agents)
-            time.sleep(0.3)  # let both agents' first long-poll start
+            self.wait_polling(agents)
             self.submit()
         else:
             # Units first: the agent claims them on its first poll, so few polls suffice.
@@ -790,7 +804,9 @@ class Demo:
 
     def close(self) -> None:
         self.fleet.stop_all()
-        self.api.close()
+        self.admin.close()
+        if self._tenant is not None:
+            self._tenant.close()
 
 
 def parse_agent_log(path: Path) -> list[dict[str, str]]:
@@ -824,13 +840,6 @@ def exit_text(code: int | None) -> str:
     return f"exit {code}"
 
 
-def short_time(stamp: str) -> str:
-    try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).strftime("%H:%M:%S.%f")[:-3]
-    except ValueError:
-        return stamp
-
-
 def summarize_result(result: Any) -> str:
     """A short, readable form of a unit's result."""
     if result is None:
@@ -843,43 +852,6 @@ def summarize_result(result: Any) -> str:
             return f"{result.get('model', '?')}: {text[:40]!r}"
         return ", ".join(f"{k}={str(v)[:20]}" for k, v in result.items())[:70]
     return str(result)[:70]
-
-
-def event_details(e: Json) -> str:
-    p: Json = e.get("payload") or {}
-    kind = e["type"]
-    if kind == "workunit.submitted":
-        args = p.get("payload") or {}
-        what = args.get("handler") or ("prompt" if "prompt" in args else "messages")
-        return f"kind={p.get('kind')} priority={p.get('priority')} {what}"
-    if kind == "workunit.scheduled":
-        offered = ",".join(p.get("offered_to") or [])
-        return f"node={p.get('node_id')} offered_to={offered} attempt={p.get('attempt')}"
-    if kind == "workunit.claimed":
-        return f"node={p.get('node_id')} attempt={p.get('attempt')}"
-    if kind == "workunit.completed":
-        return f"node={p.get('node_id')} cpu_ms={p.get('cpu_ms')}"
-    if kind == "llm.invocation.completed":
-        return (
-            f"model={p.get('model')} tokens={p.get('total_tokens')} "
-            f"latency_ms={p.get('latency_ms')}"
-        )
-    if kind == "workunit.failed":
-        return f"retryable={p.get('retryable')} requeued={p.get('requeued')}"
-    if kind == "workunit.leases.renewed":
-        return f"node={p.get('node_id')} units={len(p.get('work_unit_ids') or [])}"
-    if kind == "node.registered":
-        kinds = ",".join(p.get("supported_kinds") or [])
-        return f"kinds={kinds} max_concurrency={p.get('max_concurrency')}"
-    if kind in ("node.health.changed", "trust.score.changed"):
-        return f"{p.get('from')} -> {p.get('to')} ({p.get('reason')})"
-    if kind in CAPACITY_EVENTS:
-        return f"{p.get('from')} -> {p.get('to')}: {p.get('reason')}"
-    if kind == "billing.policy.changed":
-        return f"usd_per_cpu_s={p.get('usd_per_cpu_s')} price_version={p.get('price_version')}"
-    if kind == "tenant.created":
-        return f"name={p.get('name')}"
-    return ", ".join(f"{k}={v}" for k, v in p.items() if not isinstance(v, dict | list))[:100]
 
 
 class Report:
@@ -895,6 +867,9 @@ class Report:
         if unit_id is None:
             return "-"
         return f"{self.short[unit_id]}:{unit_id}" if unit_id in self.short else unit_id
+
+    def of_type(self, *types: EventType) -> list[Event]:
+        return [e for e in self.d.events if e.type in types]
 
     def render(self) -> int:
         self.units()
@@ -912,23 +887,27 @@ class Report:
         self.out.heading(f"Work units ({len(self.d.unit_ids)}) of tenant {self.d.tenant_id}")
         rows = []
         for unit_id in self.d.unit_ids:
-            u = self.d.units.get(unit_id, {})
-            shown = summarize_result(u.get("result"))
-            if u.get("error"):
-                shown = f"error: {json.dumps(u['error'])[:70]}"
+            u = self.d.units.get(unit_id)
+            if u is None:
+                rows.append([self.short[unit_id], unit_id, "?", "?", "?", "-", ""])
+                self.problems.append(f"unit {unit_id} was not read back")
+                continue
+            shown = summarize_result(u.result)
+            if u.error:
+                shown = f"error: {json.dumps(u.error)[:70]}"
             rows.append(
                 [
                     self.short[unit_id],
                     unit_id,
-                    str(u.get("kind", "?")),
-                    str(u.get("status", "?")),
-                    str(u.get("attempt", "?")),
-                    str(u.get("node_id") or "-"),
+                    u.kind.value,
+                    u.status.value,
+                    str(u.attempt),
+                    u.node_id or "-",
                     shown,
                 ]
             )
-            if u.get("status") not in TERMINAL:
-                self.problems.append(f"unit {unit_id} is {u.get('status')}, not terminal")
+            if not u.status.terminal:
+                self.problems.append(f"unit {unit_id} is {u.status.value}, not terminal")
         self.out.table(["#", "unit", "kind", "status", "attempt", "node", "result"], rows)
         for note in self.d.notes:
             self.out.line(f"note: {note}")
@@ -937,63 +916,53 @@ class Report:
         events = self.d.events
         self.out.heading(f"Event timeline ({len(events)} events)")
         rows = [
-            [
-                str(e["seq"]),
-                short_time(e["recorded_at"]),
-                e["type"],
-                self.unit(e["stream_id"]) if e["stream_id"] in self.short else e["stream_id"],
-                event_details(e),
-            ]
+            [str(e.seq), clock(e.recorded_at), e.type, self.unit(e.stream_id), summarize(e)]
             for e in events
         ]
         self.out.table(["seq", "time", "type", "unit/node", "details"], rows)
 
     def placements(self) -> None:
-        scheduled = [e for e in self.d.events if e["type"] == "workunit.scheduled"]
+        scheduled = self.of_type(EventType.WORKUNIT_SCHEDULED)
         self.out.heading(f"Placements ({len(scheduled)})")
         if not scheduled:
             self.out.line("no placements")
         for e in scheduled:
-            p = e["payload"]
-            decision: Json = p.get("decision") or {}
-            offered = ", ".join(p.get("offered_to") or [])
+            p = Placement.of(e)
             self.out.line(
-                f"seq {e['seq']} {self.unit(e['stream_id'])} -> {p.get('node_id')} "
-                f"(offered to {offered}; rule: {decision.get('rule', '?')})"
+                f"seq {e.seq} {self.unit(e.stream_id)} -> {p.node_id} "
+                f"(offered to {', '.join(p.offered_to)}; rule: {p.rule or '?'})"
             )
-            for c in decision.get("candidates") or []:
-                comps = ", ".join(f"{k}={v}" for k, v in (c.get("components") or {}).items())
+            for c in p.candidates:
+                comps = ", ".join(f"{k}={v}" for k, v in c.components.items())
                 self.out.line(
-                    f"    candidate {c.get('node_id')}: score {c.get('score')} "
-                    f"free_slots {c.get('free_slots')} ({comps})"
+                    f"    candidate {c.node_id}: score {c.score} free_slots {c.free_slots} "
+                    f"({comps})"
                 )
-            excluded = decision.get("excluded") or []
-            for x in excluded:
-                self.out.line(f"    excluded {x.get('node_id')}: {x.get('reason')}")
-            if not excluded:
+            for x in p.excluded:
+                self.out.line(f"    excluded {x.node_id}: {x.reason}")
+            if not p.excluded:
                 self.out.line("    excluded: none")
 
     def claims(self) -> None:
-        claimed = [e for e in self.d.events if e["type"] == "workunit.claimed"]
+        claimed = self.of_type(EventType.WORKUNIT_CLAIMED)
         placed = {
-            (e["stream_id"], e["payload"].get("attempt")): e["payload"]
-            for e in self.d.events
-            if e["type"] == "workunit.scheduled"
+            (p.event.stream_id, p.attempt): p
+            for p in map(Placement.of, self.of_type(EventType.WORKUNIT_SCHEDULED))
         }
         self.out.heading(f"Claims ({len(claimed)})")
         rows = []
         for e in claimed:
-            p = e["payload"]
-            offer = placed.get((e["stream_id"], p.get("attempt")), {})
+            claim = payload_of(e, WorkUnitClaimed)
+            offer = placed.get((e.stream_id, claim.attempt))
             rows.append(
                 [
-                    str(e["seq"]),
-                    self.unit(e["stream_id"]),
-                    str(p.get("attempt")),
-                    str(offer.get("node_id", "?")),
-                    ",".join(offer.get("offered_to") or []) or "?",
-                    str(p.get("node_id")),
-                    short_time(str(p.get("lease_expires_at", ""))),
+                    str(e.seq),
+                    self.unit(e.stream_id),
+                    str(claim.attempt),
+                    str(offer.node_id) if offer else "?",
+                    (",".join(offer.offered_to) if offer else "") or "?",
+                    claim.node_id,
+                    clock(claim.lease_expires_at),
                 ]
             )
         self.out.table(
@@ -1030,24 +999,24 @@ class Report:
             )
 
     def llm(self) -> None:
-        invocations = [e for e in self.d.events if e["type"] == "llm.invocation.completed"]
+        invocations = self.of_type(EventType.LLM_INVOCATION_COMPLETED)
         if not invocations and self.opts.kind != "llm_pod":
             return
         self.out.heading(f"LLM telemetry ({len(invocations)} invocations)")
-        billed = {x.get("source_event_id"): x for x in self.d.ledger or []}
+        billed = {x.source_event_id: x for x in self.d.ledger or []}
         rows = []
         for e in invocations:
-            p = e["payload"]
-            line = billed.get(e["event_id"])
+            p = payload_of(e, LlmInvocationCompleted)
+            line = billed.get(e.event_id)
             rows.append(
                 [
-                    self.unit(e["stream_id"]),
-                    f"{p.get('provider')}/{p.get('model')}",
-                    f"{p.get('tokens_in')}+{p.get('tokens_out')}={p.get('total_tokens')}",
-                    str(p.get("latency_ms")),
-                    str(p.get("estimated_cost_usd")),
-                    str(line["amount_usd"]) if line else "(no ledger line)",
-                    "platform cost (stale claim)" if p.get("stale_claim") else "billed",
+                    self.unit(e.stream_id),
+                    f"{p.provider}/{p.model}",
+                    f"{p.tokens_in}+{p.tokens_out}={p.total_tokens}",
+                    str(p.latency_ms),
+                    p.estimated_cost_usd,
+                    format_usd(line.amount_usd) if line else "(no ledger line)",
+                    "platform cost (stale claim)" if p.stale_claim else "billed",
                 ]
             )
         self.out.table(
@@ -1071,19 +1040,19 @@ class Report:
             return
         rows = [
             [
-                str(x.get("source_seq")),
-                str(x.get("line_item_type")),
-                self.unit(x.get("work_unit_id")),
-                f"{x.get('quantity')} {x.get('unit')}",
-                f"v{(x.get('pricing') or {}).get('price_version', '?')}",
-                str(x.get("amount_usd")),
+                str(x.source_seq),
+                x.line_item_type.value,
+                self.unit(x.work_unit_id),
+                f"{x.quantity} {x.unit}",
+                f"v{x.pricing.get('price_version', '?')}",
+                format_usd(x.amount_usd),
             ]
             for x in self.d.ledger
         ]
         self.out.table(["source seq", "line item", "unit", "quantity", "price", "amount $"], rows)
         self.out.line(f"ledger: {len(self.d.ledger)} lines")
-        completed = sum(1 for u in self.d.units.values() if u.get("status") == "completed")
-        cpu_lines = sum(1 for x in self.d.ledger if x.get("line_item_type") == "workunit_cpu")
+        completed = sum(1 for u in self.d.units.values() if u.status is WorkUnitStatus.COMPLETED)
+        cpu_lines = sum(1 for x in self.d.ledger if x.line_item_type is LineItemType.WORKUNIT_CPU)
         if cpu_lines != completed:
             self.problems.append(f"{completed} completed units but {cpu_lines} workunit_cpu lines")
 
@@ -1094,26 +1063,23 @@ class Report:
             self.out.line(f"wallet: unavailable ({self.d.wallet_error})")
             self.problems.append("wallet unavailable")
             return
-        totals = w.get("totals") or {}
-        parts = ", ".join(f"{k} {v}" for k, v in totals.items())
+        parts = ", ".join(f"{k} {v}" for k, v in w.totals.model_dump(mode="json").items())
         self.out.line(
-            f"wallet {w.get('tenant_id')}: total {w.get('total_usd')} USD ({parts}); "
-            f"as of seq {w.get('as_of_seq')}"
+            f"wallet {w.tenant_id}: total {format_usd(w.total_usd)} USD ({parts}); "
+            f"as of seq {w.as_of_seq}"
         )
 
     def capacity(self) -> None:
         self.out.heading("Capacity")
-        changes = [e for e in self.d.events if e["type"] in CAPACITY_EVENTS]
+        changes = self.of_type(*CAPACITY_EVENTS)
         if not changes:
             self.out.line("no capacity changes (no capacity.* events in the log)")
         for e in changes:
-            p = e["payload"]
-            source = f" [{p['source']}]" if p.get("source") else ""
-            self.out.line(
-                f"seq {e['seq']} {e['type']}{source}: {p.get('from')} -> {p.get('to')}: "
-                f"{p.get('reason')}"
-            )
-            inputs = p.get("inputs") or {}
+            self.out.line(f"seq {e.seq} {e.type}: {summarize(e)}")
+            if e.type == EventType.CAPACITY_SCALE_REQUESTED:
+                inputs = payload_of(e, CapacityScaleRequested).inputs
+            else:
+                inputs = payload_of(e, CapacityAdmissionModeChanged).inputs
             keys = ("queued", "running", "total_slots", "utilization", "backlog_per_slot")
             shown = ", ".join(f"{k}={inputs[k]}" for k in keys if k in inputs)
             if shown:
@@ -1122,11 +1088,10 @@ class Report:
         if c is None:
             self.out.line(f"GET /v1/capacity: unavailable ({self.d.capacity_error})")
             return
-        depth = {k: v for k, v in (c.get("queue_depth") or {}).items() if v}
         self.out.line(
-            f"now: mode {c.get('mode')}, desired_nodes {c.get('desired_nodes')}, healthy_nodes "
-            f"{c.get('healthy_nodes')}, running {c.get('running')}, utilization "
-            f"{c.get('utilization')}, queued {depth or 0}"
+            f"now: mode {c.mode.value}, desired_nodes {c.desired_nodes}, healthy_nodes "
+            f"{c.healthy_nodes}, running {c.running}, utilization {c.utilization}, queued "
+            f"{queue_text(c)}"
         )
 
     def replay(self) -> None:
@@ -1137,15 +1102,14 @@ class Report:
             self.problems.append("replay unavailable")
             return
         detail = (
-            f"{r.get('events_replayed')} events replayed, {r.get('ledger_entries')} ledger "
-            f"entries, digest {str(r.get('live_digest'))[:16]}"
+            f"{r.events_replayed} events replayed, {r.ledger_entries} ledger "
+            f"entries, digest {r.live_digest[:16]}"
         )
-        if r.get("identical"):
+        if r.identical:
             self.out.line(f"replay: identical ({detail})")
         else:
             self.out.line(
-                f"replay: DIFFERENT (live {r.get('live_digest')} vs replay "
-                f"{r.get('replay_digest')}; {detail})"
+                f"replay: DIFFERENT (live {r.live_digest} vs replay {r.replay_digest}; {detail})"
             )
             self.problems.append("replay is not identical")
 
@@ -1154,7 +1118,7 @@ class Report:
         timings = ", ".join(f"{k} at {v:.1f}s" for k, v in self.d.timings.items())
         self.out.line(f"timings: {timings}")
         self.out.line(f"logs: {self.log_dir}")
-        terminal = sum(1 for u in self.d.units.values() if u.get("status") in TERMINAL)
+        terminal = sum(1 for u in self.d.units.values() if u.status.terminal)
         self.out.line(f"units terminal: {terminal}/{len(self.d.unit_ids)}")
         if self.problems:
             for problem in self.problems:

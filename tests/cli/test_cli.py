@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from krako_cli.main import (
+from krako_cli.client import (
     EXIT_AUTH,
     EXIT_FAILED,
     EXIT_NOT_FOUND,

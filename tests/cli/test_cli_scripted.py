@@ -14,7 +14,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from krako_cli.main import (
+from krako_cli.client import (
     EXIT_AUTH,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -22,8 +22,8 @@ from krako_cli.main import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     Runtime,
-    app,
 )
+from krako_cli.main import app
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
