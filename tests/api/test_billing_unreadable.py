@@ -48,7 +48,7 @@ def _append_unreadable(db: Database, tenant_id: str) -> None:
 def test_an_unreadable_billable_event_is_reported_and_billing_goes_on(
     make_api: Callable[..., Api],
 ) -> None:
-    api = make_api(wallet_snapshot_every=2)
+    api = make_api(billing={"wallet_snapshot_every": 2})
     tenant_id, th = api.tenant()
     nh = api.node("n1", max_concurrency=8)
     run_units(api, th, "n1", nh, [1000])
