@@ -67,9 +67,9 @@ def log(msg: str) -> None:
 
 def fill(db: Database, n: int, tenants: int, rng: random.Random) -> None:
     """Append ``n`` billable events in transactions of ``BATCH``, printing progress."""
-    with db.engine.connect() as conn:
-        cpu = cpu_pricing(conn)
-        tok = token_pricing(conn, "stub")
+    with write_transaction(db) as uow:  # appends nothing: the stamps of the events below
+        cpu = cpu_pricing(uow)
+        tok = token_pricing(uow, "stub")
     t0 = time.perf_counter()
     done = 0
     unit = 0
@@ -162,12 +162,11 @@ def wallet_reads(db: Database, tenants: int, reads: int, rng: random.Random) -> 
 def run(name: str, url: str, n: int, args: argparse.Namespace) -> None:
     log(f"\n== {name}: {n:,} events")
     rng = random.Random(n)
-    db = create_database(url, pool_size=4)
+    db = create_database(url, pool_size=4, snapshot_every=args.snapshot_every)
     try:
         upgrade(db)
         with write_transaction(db) as uow:
             ensure_billing(uow, False, True, Decimal("0.00005"))
-        snapshots.configure(db, args.snapshot_every)
         fill(db, n, args.tenants, rng)
         if args.analyze:
             # statistics, as autovacuum (PostgreSQL) or PRAGMA optimize (SQLite) would leave

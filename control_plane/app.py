@@ -15,15 +15,15 @@ from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimitMiddleware, RequireBearerMiddleware
 from control_plane.api.deps import AuthCache
 from control_plane.api.routes import billing, capacity, events, nodes, ops, tenants, workunits
-from control_plane.billing import snapshots
 from control_plane.billing.consumer import catch_up
 from control_plane.billing.export import LedgerSink
 from control_plane.billing.prices import ensure_billing
 from control_plane.capacity.autoscaler import AutoscalerService, create_service
 from control_plane.capacity.mode import ensure_state
+from control_plane.clock import Clock
 from control_plane.db.engine import Database, create_database
 from control_plane.db.migrate import upgrade
-from control_plane.db.uow import set_publisher, write_transaction
+from control_plane.db.uow import write_transaction
 from control_plane.eventlog.wait import Notifier, PgListener
 from control_plane.loops import Loop, run_loop
 from control_plane.scheduling.placement import PlacementWeights
@@ -63,12 +63,17 @@ def sweep_timings(leases: LeaseSettings) -> SweepTimings:
     )
 
 
-def prepare_database(settings: Settings) -> Database:
+def prepare_database(settings: Settings, clock: Clock | None = None) -> Database:
     """Open, migrate and seed the database (idempotent; safe on every replica)."""
     database, billing = settings.database, settings.billing
     if not database.is_postgres:
         database.data_dir.mkdir(parents=True, exist_ok=True)
-    db = create_database(database.resolved_url, database.pool_size)
+    db = create_database(
+        database.resolved_url,
+        database.pool_size,
+        clock=clock,
+        snapshot_every=billing.wallet_snapshot_every,
+    )
     upgrade(db)
     with write_transaction(db) as uow:
         ensure_state(uow)
@@ -96,8 +101,11 @@ def background_loops(app: FastAPI) -> list[Loop]:
     ]
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the app for ``settings`` (nothing is read from the environment here)."""
+def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    """Build the app for ``settings`` (nothing is read from the environment here).
+
+    ``clock``: the control plane's time (tests pass a ``ManualClock``); by default the
+    system clock, and the database server's clock on PostgreSQL."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,10 +113,9 @@ def create_app(settings: Settings) -> FastAPI:
         notifier.bind(asyncio.get_running_loop())
         # Commands block a worker thread until their group commit lands: allow many at once.
         anyio.to_thread.current_default_thread_limiter().total_tokens = 256
-        db = await asyncio.to_thread(prepare_database, settings)
+        db = await asyncio.to_thread(prepare_database, settings, clock)
         app.state.db = db
-        snapshots.configure(db, settings.billing.wallet_snapshot_every)
-        set_publisher(db, notifier.publish)
+        db.publisher = notifier.publish
         listener: PgListener | None = None
         if db.is_postgres:
             conninfo = "postgresql://" + db.url.split("://", 1)[1]
@@ -129,7 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.to_thread(autoscaler.close)
             if listener is not None:
                 listener.stop()
-            set_publisher(db, None)
+            db.publisher = None
             db.dispose()
 
     app = FastAPI(

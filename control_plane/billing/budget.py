@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, select, update
 
 from control_plane.billing.consumer import catch_up_in, spent_micros
 from control_plane.billing.domain.estimates import budget_check, estimate_unit_cost
-from control_plane.billing.prices import load_table
+from control_plane.billing.prices import table_in
 from control_plane.db.engine import Database
 from control_plane.db.tables import tenants
 from control_plane.db.uow import UnitOfWork, write_transaction
@@ -42,7 +42,7 @@ def budget_hook(uow: UnitOfWork, tenant_id: str, fresh: Sequence[Any]) -> None:
     row = uow.conn.execute(_BUDGET_ROW, {"b_tenant": tenant_id}).first()
     if row is None:
         return
-    table = load_table(uow.conn)
+    table = table_in(uow)
     total = 0
     for acc in fresh:
         acc.est_cost_micros = to_micros(estimate_unit_cost(acc.item.kind, acc.payload, table))

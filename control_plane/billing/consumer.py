@@ -241,7 +241,7 @@ def handle(uow: UnitOfWork, events: Sequence[LogEvent[Payload]]) -> None:
         _store_wallets(uow, {t: folded[t] for t in tenants_touched}, set(current))
     _release_commitments(uow, events)
     checkpoint_after = events[-1].seq
-    if snapshot_due(uow.conn, checkpoint_after):
+    if snapshot_due(uow, checkpoint_after):
         store_snapshot(uow, WalletSnapshot(checkpoint_after, batch.policy, all_wallets(uow.conn)))
 
 

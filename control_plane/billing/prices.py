@@ -2,29 +2,35 @@
 projections, folded from ``billing.*`` events) and the stamps it puts into billable events.
 
 Replay never reads these tables: it reads the stamps in the events.
+
+The table last read is cached on the ``Database`` (``Database.price_table``) under the key
+that identifies its version, so a hit saves reading and parsing every price row. Commands
+reach it through their unit of work; reads pass the database.
 """
 
 from __future__ import annotations
 
-import weakref
 from decimal import Decimal
-from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Connection, delete, func, select
 
 from control_plane.billing.domain.policy import BillingPolicy, policy_changed_payload
 from control_plane.billing.domain.pricing import (
+    ModelPrice,
     PriceTable,
     default_price_table,
     price_changed_payload,
     rate,
+    rate_str,
 )
 from control_plane.billing.domain.pricing import cpu_stamp as _cpu_stamp
 from control_plane.billing.domain.pricing import token_stamp as _token_stamp
+from control_plane.db.engine import CacheSlot, Database
 from control_plane.db.tables import billing_policy, prices
-from control_plane.db.uow import UnitOfWork
+from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.eventlog.emit import emit, emit_all, event
 from shared.events import BillingPolicyChanged, BillingPriceChanged, CpuPricing, TokenPricing
+from shared.wire import PriceTableReply
 
 
 class PricingMissing(RuntimeError):
@@ -41,32 +47,33 @@ _TABLE_KEY = select(
     select(func.max(prices.c.price_version)).scalar_subquery(),
 ).where(billing_policy.c.id == 1)
 
-# Per engine (weakly held, so a disposed database's entry goes with it): the table last read
-# and the key it was read under. A hit saves reading and parsing every price row.
-_tables: weakref.WeakKeyDictionary[Engine, tuple[tuple[Any, ...], PriceTable]] = (
-    weakref.WeakKeyDictionary()
-)
 
-
-def load_table(conn: Connection) -> PriceTable:
+def load_table(conn: Connection, cache: CacheSlot | None = None) -> PriceTable:
+    """The price table in force, as ``conn`` sees it (from ``cache`` when its key still
+    matches; ``cache`` then holds the table read)."""
     key_row = conn.execute(_TABLE_KEY).first()
     if key_row is None or key_row[2] is None:
         raise PricingMissing("billing policy and prices not initialised")
     key = tuple(key_row)
-    cached = _tables.get(conn.engine)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    if cache is not None:
+        cached = cache.get(key)
+        if isinstance(cached, PriceTable):
+            return cached
     policy = conn.execute(_POLICY).first()
     rows = conn.execute(_PRICES).all()
     if policy is None or not rows:
         raise PricingMissing("billing policy and prices not initialised")
-    from control_plane.billing.domain.pricing import ModelPrice
-
     version = max([policy.price_version, *(r.price_version for r in rows)])
     models = {r.model: ModelPrice(rate(r.usd_per_1m_in), rate(r.usd_per_1m_out)) for r in rows}
     table = PriceTable(version, rate(policy.usd_per_cpu_s), models)
-    _tables[conn.engine] = (key, table)
+    if cache is not None:
+        cache.put(key, table)
     return table
+
+
+def table_in(uow: UnitOfWork) -> PriceTable:
+    """The price table in force inside a command (cached on its database)."""
+    return load_table(uow.conn, uow.db.price_table)
 
 
 def load_policy(conn: Connection) -> BillingPolicy:
@@ -78,12 +85,14 @@ def load_policy(conn: Connection) -> BillingPolicy:
     )
 
 
-def cpu_pricing(conn: Connection) -> CpuPricing:
-    return CpuPricing.model_validate(_cpu_stamp(load_table(conn)))
+def cpu_pricing(uow: UnitOfWork) -> CpuPricing:
+    """The CPU stamp a ``workunit.completed`` appended by ``uow`` carries."""
+    return CpuPricing.model_validate(_cpu_stamp(table_in(uow)))
 
 
-def token_pricing(conn: Connection, model: str) -> TokenPricing:
-    return TokenPricing.model_validate(_token_stamp(load_table(conn), model))
+def token_pricing(uow: UnitOfWork, model: str) -> TokenPricing:
+    """The token stamp of ``model`` for an event appended by ``uow``."""
+    return TokenPricing.model_validate(_token_stamp(table_in(uow), model))
 
 
 def bill_llm_from_completion(conn: Connection) -> bool:
@@ -125,7 +134,7 @@ def ensure_billing(
     the log says."""
     wanted = BillingPolicy(from_completed, from_invocation)
     try:
-        table = load_table(uow.conn)
+        table = table_in(uow)
     except PricingMissing:
         table = default_price_table(usd_per_cpu_s)
         _seed_prices(uow, table)
@@ -139,6 +148,38 @@ def ensure_billing(
 def change_model_price(
     uow: UnitOfWork, model: str, usd_per_1m_in: Decimal, usd_per_1m_out: Decimal
 ) -> PriceTable:
-    table = load_table(uow.conn).with_model_price(model, usd_per_1m_in, usd_per_1m_out)
+    table = table_in(uow).with_model_price(model, usd_per_1m_in, usd_per_1m_out)
     set_model_price(uow, table, model)
     return table
+
+
+def set_price(
+    db: Database, model: str, usd_per_1m_in: Decimal, usd_per_1m_out: Decimal
+) -> PriceTableReply:
+    """The command behind ``PUT /v1/billing/prices/{model}``: a new price version (and its
+    ``billing.price.changed`` event); returns the table now in force."""
+    with write_transaction(db) as uow:
+        table = change_model_price(uow, model, usd_per_1m_in, usd_per_1m_out)
+    return table_reply(table)
+
+
+def price_table(db: Database) -> PriceTableReply:
+    """The query behind ``GET /v1/billing/prices``: the table in force."""
+    with db.engine.connect() as conn:
+        table = load_table(conn, db.price_table)
+    return table_reply(table)
+
+
+def table_reply(table: PriceTable) -> PriceTableReply:
+    """The wire form of ``table``: rates as fixed-decimal strings, models by name."""
+    return PriceTableReply(
+        price_version=table.price_version,
+        usd_per_cpu_s=rate_str(table.usd_per_cpu_s),
+        models={
+            m: {
+                "usd_per_1m_in": rate_str(p.usd_per_1m_in),
+                "usd_per_1m_out": rate_str(p.usd_per_1m_out),
+            }
+            for m, p in sorted(table.models.items())
+        },
+    )

@@ -15,47 +15,32 @@ strings)::
 ``as_of_seq`` (also the row's key) is the consumer checkpoint, not a wallet's own ``as_of_seq``
 (the seq of its last line). Only the latest ``KEEP`` snapshots are kept.
 
-The interval comes from ``KRAKO_WALLET_SNAPSHOT_EVERY``: the control plane registers it for
-its database at start (``configure``); the consumer reads it through its connection's engine,
-so every path that folds events (the loop, reads that catch up first, budget admission) takes
-snapshots at the same cadence. Unconfigured engines use ``DEFAULT_EVERY``.
+The interval comes from ``KRAKO_WALLET_SNAPSHOT_EVERY``: the control plane builds its
+``Database`` with it (``Database.snapshot_every``); the consumer reads it through its unit of
+work, so every path that folds events (the loop, replay's catch-up, budget admission) takes
+snapshots at the same cadence. A database built without one uses ``DEFAULT_EVERY``.
 """
 
 from __future__ import annotations
 
 import json
-import weakref
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Connection, delete, func, select
 
 from control_plane.billing.domain.canonical import canonical_wallet
 from control_plane.billing.domain.policy import BillingPolicy
 from control_plane.billing.domain.wallets import WalletState
-from control_plane.db.engine import Database
+from control_plane.db.engine import DEFAULT_SNAPSHOT_EVERY
 from control_plane.db.tables import wallet_snapshots
 from control_plane.db.uow import UnitOfWork
 from shared.enums import LineItemType
 
 FORMAT = 1
-DEFAULT_EVERY = 10_000
+DEFAULT_EVERY = DEFAULT_SNAPSHOT_EVERY
 KEEP = 3
-
-_intervals: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
-
-
-def configure(db: Database, every: int) -> None:
-    """Take a snapshot every ``every`` events folded on ``db`` (the settings' value)."""
-    if every < 1:
-        raise ValueError("the snapshot interval is at least 1 event")
-    _intervals[db.engine] = every
-
-
-def interval(conn: Connection) -> int:
-    """The snapshot interval registered for ``conn``'s database (``DEFAULT_EVERY`` if none)."""
-    return _intervals.get(conn.engine, DEFAULT_EVERY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +104,10 @@ def latest_seq(conn: Connection) -> int:
     return int(conn.execute(select(func.max(wallet_snapshots.c.as_of_seq))).scalar() or 0)
 
 
-def snapshot_due(conn: Connection, checkpoint: int) -> bool:
+def snapshot_due(uow: UnitOfWork, checkpoint: int) -> bool:
     """Whether the consumer, about to move its checkpoint to ``checkpoint``, should store a
-    snapshot: ``interval`` events or more past the latest one."""
-    return checkpoint - latest_seq(conn) >= interval(conn)
+    snapshot: the database's ``snapshot_every`` events or more past the latest one."""
+    return checkpoint - latest_seq(uow.conn) >= uow.db.snapshot_every
 
 
 def store_snapshot(uow: UnitOfWork, snapshot: WalletSnapshot) -> None:

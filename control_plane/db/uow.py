@@ -7,15 +7,18 @@ One command is one transaction::
     # committed here; wake-ups are published only after the commit is durable
 
 ``uow.now_us`` is the control plane's clock for the whole command: the database's
-``clock_timestamp()`` taken after the write lock on PostgreSQL (so replicas agree), the local
-clock on SQLite (one process owns the file).
+``clock_timestamp()`` taken after the write lock on PostgreSQL (so replicas agree), the
+``Database``'s own clock on SQLite (one process owns the file) and wherever the ``Database``
+was built with an explicit clock (tests move time with a ``ManualClock``).
+
+Everything here is per ``Database`` (its group-commit state, its publisher, its clock):
+nothing is kept at module level.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,31 +26,24 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, text
 
-from control_plane.db.engine import WRITE_LOCK_KEY, Database
+from control_plane.db.engine import WRITE_LOCK_KEY, Database, GroupCommit, Publisher
 
-Publisher = Callable[[set[str]], None]
+__all__ = [
+    "Deferred",
+    "Publisher",
+    "UnitOfWork",
+    "db_now_us",
+    "read_connection",
+    "write_transaction",
+]
 
+_PG_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _PG_LOCK_AND_CLOCK = text(
     "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint "
     "FROM (SELECT pg_advisory_xact_lock(:key)) AS l"
 )
 _PG_CLOCK = text("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
 _PG_NOTIFY = text("SELECT pg_notify('krako', :topics)")
-
-_clock_lock = threading.Lock()
-_last_us = 0
-
-
-def local_now_us() -> int:
-    """Microseconds since the epoch, never going backwards within this process."""
-    global _last_us
-    now = time.time_ns() // 1000
-    with _clock_lock:
-        if now <= _last_us:
-            now = _last_us + 1
-        _last_us = now
-    return now
-
 
 Deferred = Callable[["UnitOfWork"], None]
 
@@ -59,6 +55,8 @@ class UnitOfWork:
     conn: Connection
     now_us: int
     is_postgres: bool
+    db: Database
+    """The database the transaction runs on (its caches and billing settings)."""
     wakeups: set[str] = field(default_factory=set)
     deferred: dict[str, Deferred] = field(default_factory=dict)
 
@@ -72,23 +70,6 @@ class UnitOfWork:
         self.deferred.setdefault(key, fn)
 
 
-class _Publishers:
-    """Where committed wake-ups go (set by the app: the in-process notifier)."""
-
-    def __init__(self) -> None:
-        self.by_db: dict[int, Publisher] = {}
-
-
-_publishers = _Publishers()
-
-
-def set_publisher(db: Database, publisher: Publisher | None) -> None:
-    if publisher is None:
-        _publishers.by_db.pop(id(db), None)
-    else:
-        _publishers.by_db[id(db)] = publisher
-
-
 # --------------------------------------------------------------------------- group commit
 
 MAX_BATCH = 256
@@ -96,7 +77,7 @@ log = logging.getLogger("krako.uow")
 
 
 @dataclass
-class _Batch:
+class Batch:
     """One database transaction shared by the commands that queued for it."""
 
     conn: Connection
@@ -109,43 +90,28 @@ class _Batch:
     error: BaseException | None = None
 
 
-class _Batcher:
-    """Group commit. Commands run one at a time, each in its own SAVEPOINT of a shared
-    transaction; the command that finds nobody queued behind it commits the batch, and every
-    member returns only after that commit (so no reply is sent before its data is durable).
-    A failing command rolls back its savepoint only. Under load, one commit (and one fsync)
-    serves many commands; alone, a command commits at once as before."""
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self.count_lock = threading.Lock()
-        self.waiting = 0
-        self.batch: _Batch | None = None
+# Group commit (the state lives on ``Database.group_commit``). Commands run one at a time,
+# each in its own SAVEPOINT of a shared transaction; the command that finds nobody queued
+# behind it commits the batch, and every member returns only after that commit (so no reply
+# is sent before its data is durable). A failing command rolls back its savepoint only. Under
+# load, one commit (and one fsync) serves many commands; alone, a command commits at once.
 
 
-_batchers: dict[int, _Batcher] = {}
-_batchers_lock = threading.Lock()
-
-
-def _batcher(db: Database) -> _Batcher:
-    b = _batchers.get(id(db))
-    if b is None:
-        with _batchers_lock:
-            b = _batchers.setdefault(id(db), _Batcher())
-    return b
-
-
-def _open_batch(db: Database) -> _Batch:
+def _open_batch(db: Database) -> Batch:
     if db.is_postgres:
         conn = db.engine.connect()
         outer = conn.begin()
         try:
-            now_us = int(conn.execute(_PG_LOCK_AND_CLOCK, {"key": WRITE_LOCK_KEY}).scalar_one())
+            if db.database_clock:
+                now_us = int(conn.execute(_PG_LOCK_AND_CLOCK, {"key": WRITE_LOCK_KEY}).scalar_one())
+            else:
+                conn.execute(_PG_LOCK, {"key": WRITE_LOCK_KEY})
+                now_us = db.clock.now_us()  # read after the lock, as the server's would be
         except BaseException:
             outer.rollback()
             conn.close()
             raise
-        return _Batch(conn, outer, now_us)
+        return Batch(conn, outer, now_us)
     db.sqlite_write_lock.acquire()
     try:
         conn = db.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
@@ -153,14 +119,14 @@ def _open_batch(db: Database) -> _Batch:
     except BaseException:
         db.sqlite_write_lock.release()
         raise
-    return _Batch(conn, outer, local_now_us())
+    return Batch(conn, outer, db.clock.now_us())
 
 
-def _run_deferred(db: Database, batch: _Batch) -> None:
+def _run_deferred(db: Database, batch: Batch) -> None:
     """Run (and forget) the deferred steps the batch's members asked for so far."""
     steps, batch.deferred = batch.deferred, {}
     for key, fn in steps.items():
-        uow = UnitOfWork(batch.conn, batch.now_us, db.is_postgres)
+        uow = UnitOfWork(batch.conn, batch.now_us, db.is_postgres, db)
         sp = batch.conn.begin_nested()
         try:
             fn(uow)
@@ -171,7 +137,7 @@ def _run_deferred(db: Database, batch: _Batch) -> None:
             log.exception("deferred step %s failed; the batch commits without it", key)
 
 
-def _finish_batch(db: Database, batch: _Batch) -> None:
+def _finish_batch(db: Database, batch: Batch) -> None:
     """Run the deferred steps, commit (or roll back an empty batch) and close."""
     try:
         if batch.members:
@@ -211,8 +177,8 @@ class write_transaction:
     def __init__(self, db: Database, *, settled: bool = False) -> None:
         self.db = db
         self.settled = settled
-        self.b = _batcher(db)
-        self.batch: _Batch | None = None
+        self.b: GroupCommit = db.group_commit
+        self.batch: Batch | None = None
         self.sp: Any = None
         self.uow: UnitOfWork | None = None
 
@@ -235,7 +201,7 @@ class write_transaction:
         except BaseException:
             self._commit_batch()  # whatever earlier members did still commits
             raise
-        self.uow = UnitOfWork(self.batch.conn, self.batch.now_us, self.db.is_postgres)
+        self.uow = UnitOfWork(self.batch.conn, self.batch.now_us, self.db.is_postgres, self.db)
         return self.uow
 
     def _commit_batch(self) -> None:
@@ -298,7 +264,7 @@ class write_transaction:
 
 def _publish(db: Database, topics: set[str]) -> None:
     if topics:
-        publisher = _publishers.by_db.get(id(db))
+        publisher = db.publisher
         if publisher is not None:
             publisher(topics)
 
@@ -312,8 +278,9 @@ def read_connection(db: Database) -> Iterator[Connection]:
 
 
 def db_now_us(db: Database) -> int:
-    """The control plane's clock outside a write transaction."""
-    if db.is_postgres:
+    """The control plane's clock outside a write transaction (the same source as
+    ``uow.now_us``)."""
+    if db.database_clock:
         with db.engine.connect() as conn:
             return int(conn.execute(_PG_CLOCK).scalar_one())
-    return local_now_us()
+    return db.clock.now_us()

@@ -121,7 +121,7 @@ def complete_in(
             results.append((None, stale_claim(unit_id, _why_stale(row, node_id, body.claim_token))))
     if not accepted:
         return results
-    pricing = cpu_pricing(conn)
+    pricing = cpu_pricing(uow)
     from_completion = bill_llm_from_completion(conn)
     lifecycle.complete(
         uow,
@@ -179,7 +179,7 @@ def _llm_usage(uow: UnitOfWork, row: Row[Any]) -> list[LlmUsage]:
             model=model,
             tokens_in=t[0],
             tokens_out=t[1],
-            pricing=token_pricing(uow.conn, model),
+            pricing=token_pricing(uow, model),
         )
         for model, t in sorted(totals.items())
     ]
@@ -274,7 +274,7 @@ def record_invocation(
                 )
             if prior.stale:
                 raise stale_claim(unit_id, "the invocation was reported under a stale claim")
-            pricing = token_pricing(conn, body.model)
+            pricing = token_pricing(uow, body.model)
             return 200, LlmInvocationAccepted(
                 invocation_id=body.invocation_id,
                 work_unit_id=unit_id,
@@ -301,7 +301,7 @@ def record_invocation(
             stale_error = stale_claim(
                 unit_id, "the claim was lost; the spend is kept as platform cost"
             )
-        pricing = token_pricing(conn, body.model)
+        pricing = token_pricing(uow, body.model)
         stored = emit(
             uow,
             LlmInvocationCompleted(
