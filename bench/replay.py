@@ -13,7 +13,7 @@ Per backend and per N, on a fresh database:
    latest snapshot (its own events/s counts only the events after the snapshot, so the figure
    to compare is the wall time);
 4. **sink**: writing the ledger's canonical JSONL file from scratch (lines/s);
-5. **wallet reads**: ``GET /v1/billing/wallets/{id}``'s read, ``store.wallet_of`` on a pooled
+5. **wallet reads**: ``GET /v1/billing/wallets/{id}``'s read, ``ledger.wallet_of`` on a pooled
    connection, p50 and p99 in microseconds over ``--reads`` random tenants.
 
     python bench/replay.py                       # 100,000 and 1,000,000 events, both backends
@@ -40,8 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from control_plane.billing import consumer as store  # noqa: E402
-from control_plane.billing import snapshots  # noqa: E402
+from control_plane.billing import consumer, ledger, snapshots  # noqa: E402
 from control_plane.billing.export import LedgerSink  # noqa: E402
 from control_plane.billing.prices import cpu_pricing, ensure_billing, token_pricing  # noqa: E402
 from control_plane.billing.replay import replay  # noqa: E402
@@ -134,12 +133,12 @@ def timed(label: str, fn: Callable[[], object], count: int, unit: str = "events"
 
 
 def catch_up_with_progress(db: Database) -> None:
-    """``store.catch_up``, one batch (transaction) at a time, printing progress."""
+    """``consumer.catch_up``, one batch (transaction) at a time, printing progress."""
     folded = 0
     t0 = time.perf_counter()
     next_report = 100_000
     while True:
-        n = run_once(db, store.BILLING_PROJECTION, BATCH)
+        n = run_once(db, consumer.BILLING_PROJECTION, BATCH)
         folded += n
         if folded >= next_report:
             log(f"      folded {folded:>9,} ({folded / (time.perf_counter() - t0):,.0f}/s)")
@@ -154,7 +153,7 @@ def wallet_reads(db: Database, tenants: int, reads: int, rng: random.Random) -> 
         tenant = f"tn_{rng.randrange(tenants):05d}"
         t0 = time.perf_counter_ns()
         with db.engine.connect() as conn:
-            store.wallet_of(conn, tenant)
+            ledger.wallet_of(conn, tenant)
         samples.append((time.perf_counter_ns() - t0) / 1000)
     return samples
 
@@ -177,8 +176,8 @@ def run(name: str, url: str, n: int, args: argparse.Namespace) -> None:
         with db.engine.connect() as conn:
             total = last_seq(conn)  # the billing seed events (prices, policy) included
         timed("consumer catch-up", lambda: catch_up_with_progress(db), total)
-        with store.read_snapshot(db) as conn:
-            lines = store.count_lines(conn)
+        with ledger.read_snapshot(db) as conn:
+            lines = ledger.count_lines(conn)
             snaps = snapshots.snapshot_seqs(conn)
         log(f"   ledger: {lines:,} lines; snapshots kept at seqs {snaps}")
         report = replay(db)

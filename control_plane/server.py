@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
             for line in notes:
                 print(f"krako dev mode: {line}", flush=True)
         settings.require_tokens()
+        app = create_app(settings)  # builds the autoscaler's actuator: checks its settings
     except (SettingsError, ValueError) as exc:
         print(f"krako-control-plane: configuration error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings)
     uvicorn.run(
         app,
         host=args.host,

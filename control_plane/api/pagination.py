@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import orjson
 
 from control_plane.errors import BadRequest
 
 MAX_LIMIT = 1000
+
+T = TypeVar("T")
 
 
 def _key(secret: str) -> bytes:
@@ -36,3 +40,13 @@ def decode_cursor(secret: str, scope: str, cursor: str) -> str:
         return str(data["p"])
     except Exception:
         raise BadRequest("cursor was not handed out by this list", code="invalid_cursor")
+
+
+def cut_page(
+    secret: str, scope: str, found: Sequence[T], limit: int, position: Callable[[T], str]
+) -> tuple[list[T], str | None]:
+    """``found`` was read with ``limit + 1``: the page, and the cursor of the next one (None
+    when this is the last)."""
+    items = list(found[:limit])
+    more = len(found) > limit and items
+    return items, encode_cursor(secret, scope, position(items[-1])) if more else None

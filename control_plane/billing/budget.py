@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
-from control_plane.billing.consumer import catch_up_in, spent_micros
+from control_plane.billing.consumer import catch_up_in
 from control_plane.billing.domain.estimates import budget_check, estimate_unit_cost
+from control_plane.billing.ledger import spent_micros
 from control_plane.billing.prices import table_in
 from control_plane.db.engine import Database
 from control_plane.db.tables import tenants

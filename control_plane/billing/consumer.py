@@ -8,40 +8,30 @@ It also releases the budget commitments of units that reached a terminal state, 
 transaction, so that ``wallet spend + committed`` is exact at every commit, and stores a wallet
 snapshot when one is due (``snapshots``).
 
-Reads: ``iter_lines`` streams the ledger in canonical order (``(source_seq, key)``, the order of
-``canonical.ledger_jsonl``), whole events at a time, without loading it all; ``read_snapshot``
-opens one consistent read of ledger, wallets, checkpoint and log.
+The read side (ledger pages, wallets, the consumer's position) is ``billing.ledger``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from decimal import Decimal
-from itertools import groupby
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import orjson
-from sqlalchemy import Connection, bindparam, func, select, text, tuple_, update
+from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from control_plane.billing.domain.canonical import ledger_order
 from control_plane.billing.domain.policy import DEFAULT_POLICY, BillingPolicy, fold_policy
 from control_plane.billing.domain.projection import bill_events
-from control_plane.billing.domain.rules import LedgerLine, as_utc
+from control_plane.billing.domain.rules import LedgerLine
 from control_plane.billing.domain.wallets import WalletState, fold_wallets
 from control_plane.billing.snapshots import WalletSnapshot, snapshot_due, store_snapshot
 from control_plane.db.engine import Database
-from control_plane.db.tables import events as events_table
 from control_plane.db.tables import ledger_entries, tenants, wallets, work_units
 from control_plane.db.uow import UnitOfWork
-from control_plane.eventlog.checkpoints import get_checkpoint
 from control_plane.eventlog.projection import Projection, fold_in, run_until_caught_up
-from control_plane.eventlog.store import dt_to_us, read_after_typed, us_to_dt
+from control_plane.eventlog.store import dt_to_us, read_after_typed
 from shared.enums import LineItemType
 from shared.events import EventType, LogEvent, Payload, WorkUnitFailed, WorkUnitLeaseExpired
 from shared.money import from_micros, to_micros
-from shared.wire import LedgerEntry
 
 CONSUMER = "billing"
 
@@ -122,7 +112,8 @@ _PG_INSERT_LINES = text(
 )
 
 
-def _load_wallets(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, WalletState]:
+def load_wallets(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, WalletState]:
+    """The stored wallets of ``tenant_ids`` (those that have one)."""
     ids = sorted(set(tenant_ids))
     if not ids:
         return {}
@@ -137,6 +128,11 @@ def _load_wallets(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, Wall
         )
         for r in conn.execute(select(wallets).where(wallets.c.tenant_id.in_(ids)))
     }
+
+
+def all_wallets(conn: Connection) -> dict[str, WalletState]:
+    """Every stored wallet."""
+    return load_wallets(conn, conn.execute(select(wallets.c.tenant_id)).scalars())
 
 
 _UPDATE_WALLET = (
@@ -236,7 +232,7 @@ def handle(uow: UnitOfWork, events: Sequence[LogEvent[Payload]]) -> None:
     new_lines = _insert_lines(uow, batch.lines)
     if new_lines:
         tenants_touched = {ln.tenant_id for ln in new_lines}
-        current = _load_wallets(uow.conn, tenants_touched)
+        current = load_wallets(uow.conn, tenants_touched)
         folded = fold_wallets(current, new_lines)
         _store_wallets(uow, {t: folded[t] for t in tenants_touched}, set(current))
     _release_commitments(uow, events)
@@ -268,147 +264,3 @@ def catch_up_in(uow: UnitOfWork) -> None:
     that spend is exact at the moment of the decision)."""
     while fold_in(uow, BILLING_PROJECTION)[1]:
         pass
-
-
-# --------------------------------------------------------------------------- reads
-
-
-def _entry(row: Any) -> LedgerEntry:
-    return _line(row).to_entry()
-
-
-def ledger_page(
-    conn: Connection,
-    tenant_id: str | None,
-    after_seq: int,
-    after_key: tuple[int, str] | None,
-    limit: int,
-) -> list[LedgerEntry]:
-    query = select(ledger_entries).where(ledger_entries.c.source_seq > after_seq)
-    if tenant_id is not None:
-        query = query.where(ledger_entries.c.tenant_id == tenant_id)
-    if after_key is not None:
-        query = query.where(
-            tuple_(ledger_entries.c.source_seq, ledger_entries.c.entry_id) > tuple_(*after_key)
-        )
-    query = query.order_by(ledger_entries.c.source_seq, ledger_entries.c.entry_id).limit(limit)
-    return [_entry(r) for r in conn.execute(query)]
-
-
-def _line(r: Any) -> LedgerLine:
-    return LedgerLine(
-        entry_id=r.entry_id,
-        source_event_id=r.source_event_id,
-        source_seq=int(r.source_seq),
-        line_item_type=LineItemType(r.line_item_type),
-        tenant_id=r.tenant_id,
-        work_unit_id=r.work_unit_id,
-        execution_session_id=r.execution_session_id,
-        quantity=r.quantity,
-        unit=r.unit,
-        pricing=orjson.loads(r.pricing),
-        amount_usd=from_micros(r.amount_micros),
-        recorded_at=as_utc(us_to_dt(r.recorded_at_us)),
-        sub_key=r.sub_key,
-    )
-
-
-def all_lines(conn: Connection) -> list[LedgerLine]:
-    """The whole ledger in canonical order (prefer ``iter_lines`` for large ledgers)."""
-    return list(iter_lines(conn))
-
-
-def iter_lines(
-    conn: Connection,
-    after_seq: int = 0,
-    tenant_id: str | None = None,
-    upto_seq: int | None = None,
-    page: int = 2000,
-) -> Iterator[LedgerLine]:
-    """Lines with ``after_seq < source_seq (<= upto_seq)`` in canonical order
-    (``canonical.ledger_order``), streamed in pages that always hold whole events, so the
-    lines of one event are sorted together whatever order the database returns them in."""
-    base = select(ledger_entries)
-    if tenant_id is not None:
-        base = base.where(ledger_entries.c.tenant_id == tenant_id)
-    if upto_seq is not None:
-        base = base.where(ledger_entries.c.source_seq <= upto_seq)
-    after = after_seq
-    while True:
-        rows = conn.execute(
-            base.where(ledger_entries.c.source_seq > after)
-            .order_by(ledger_entries.c.source_seq, ledger_entries.c.entry_id)
-            .limit(page)
-        ).all()
-        if not rows:
-            return
-        if len(rows) == page:
-            last = int(rows[-1].source_seq)
-            rows = [r for r in rows if int(r.source_seq) != last]
-            if not rows:  # one event fills the page: read all of its lines
-                rows = list(conn.execute(base.where(ledger_entries.c.source_seq == last)))
-        for _, group in groupby(rows, key=lambda r: int(r.source_seq)):
-            yield from sorted((_line(r) for r in group), key=ledger_order)
-        after = int(rows[-1].source_seq)
-
-
-def count_lines(conn: Connection, upto_seq: int | None = None) -> int:
-    """How many lines the ledger holds (with ``source_seq <= upto_seq`` when given)."""
-    query = select(func.count()).select_from(ledger_entries)
-    if upto_seq is not None:
-        query = query.where(ledger_entries.c.source_seq <= upto_seq)
-    return int(conn.execute(query).scalar_one())
-
-
-def lines_at(conn: Connection, source_seq: int) -> list[LedgerLine]:
-    """The lines of the event at ``source_seq``, in canonical order."""
-    rows = conn.execute(select(ledger_entries).where(ledger_entries.c.source_seq == source_seq))
-    return sorted((_line(r) for r in rows), key=ledger_order)
-
-
-@contextmanager
-def read_snapshot(db: Database) -> Iterator[Connection]:
-    """One consistent read (REPEATABLE READ on PostgreSQL; one read transaction on SQLite, WAL
-    keeps its snapshot) of ledger, wallets, checkpoint and log; nothing is written."""
-    with db.engine.connect() as raw:
-        conn = raw.execution_options(isolation_level="REPEATABLE READ") if db.is_postgres else raw
-        with conn.begin() as tx:
-            yield conn
-            tx.rollback()
-
-
-def all_wallets(conn: Connection) -> dict[str, WalletState]:
-    return _load_wallets(conn, [r.tenant_id for r in conn.execute(select(wallets.c.tenant_id))])
-
-
-def wallet_of(conn: Connection, tenant_id: str) -> WalletState:
-    return _load_wallets(conn, [tenant_id]).get(tenant_id) or WalletState(tenant_id)
-
-
-def spent_micros(conn: Connection, tenant_id: str) -> int:
-    w = wallet_of(conn, tenant_id)
-    return to_micros(w.total_usd)
-
-
-def events_upto(
-    conn: Connection, upto: int, types: frozenset[str] | None = None, after: int = 0
-) -> Iterator[LogEvent[Payload]]:
-    """Typed events with ``after < seq <= upto`` (of ``types`` only, when given), streamed in
-    bounded seq windows so that a read filtered by type stays an index range scan."""
-    window = 10_000
-    wanted = sorted(types) if types is not None else None
-    while after < upto:
-        end = min(upto, after + window)
-        yield from read_after_typed(conn, after, window + 1, types=wanted, before=end + 1)
-        after = end
-
-
-def checkpoint(conn: Connection) -> int:
-    return get_checkpoint(conn, CONSUMER)
-
-
-def money(micros: int) -> Decimal:
-    return from_micros(micros)
-
-
-__all__ = ["BILLING_PROJECTION", "catch_up", "events_table"]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from control_plane.billing import consumer as store
+from control_plane.billing import ledger
 from control_plane.billing.domain.canonical import canonical_line
 from control_plane.billing.domain.rules import LedgerLine
 from control_plane.db.engine import Database
@@ -113,7 +113,7 @@ class LedgerSink:
 
     def sync(self, db: Database) -> SinkResult:
         """Append what the database ledger holds past the file's last event (or rebuild)."""
-        with self.locked(), store.read_snapshot(db) as conn:
+        with self.locked(), ledger.read_snapshot(db) as conn:
             return self.sync_in(conn)
 
     def sync_in(self, conn: Connection) -> SinkResult:
@@ -124,7 +124,7 @@ class LedgerSink:
         appended = 0
         seq = last_seq
         with self.path.open("ab") as f:
-            for chunk in _chunks(store.iter_lines(conn, after_seq=last_seq), _WRITE_BATCH):
+            for chunk in _chunks(ledger.iter_lines(conn, after_seq=last_seq), _WRITE_BATCH):
                 f.write("".join(canonical_line(ln) + "\n" for ln in chunk).encode())
                 appended += len(chunk)
                 seq = chunk[-1].source_seq
@@ -141,7 +141,7 @@ class LedgerSink:
         count, seq = 0, 0
         try:
             with tmp.open("wb") as f:
-                for chunk in _chunks(store.iter_lines(conn), _WRITE_BATCH):
+                for chunk in _chunks(ledger.iter_lines(conn), _WRITE_BATCH):
                     f.write("".join(canonical_line(ln) + "\n" for ln in chunk).encode())
                     count += len(chunk)
                     seq = chunk[-1].source_seq
@@ -180,7 +180,7 @@ class LedgerSink:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            return 0, "" if store.count_lines(conn) == 0 else "no file"
+            return 0, "" if ledger.count_lines(conn) == 0 else "no file"
         known = self._known
         if known is not None and (known.inode, known.size) == (st.st_ino, st.st_size):
             return known.last_seq, ""
@@ -190,7 +190,7 @@ class LedgerSink:
             return 0, ""
         if not tail.complete:
             return 0, "the last line is truncated"
-        expected = [canonical_line(ln) for ln in store.lines_at(conn, tail.last_seq)]
+        expected = [canonical_line(ln) for ln in ledger.lines_at(conn, tail.last_seq)]
         if not expected:
             return 0, f"the database holds no line of the file's last event (seq {tail.last_seq})"
         # The file's last event must hold exactly the database's lines of that event.
@@ -198,7 +198,7 @@ class LedgerSink:
             return 0, f"the lines of the file's last event (seq {tail.last_seq}) differ"
         if not self._checked:
             in_file = _count_lines(self.path)
-            in_db = store.count_lines(conn, tail.last_seq)
+            in_db = ledger.count_lines(conn, tail.last_seq)
             if in_file != in_db:
                 why = f"{in_file} lines in the file up to seq {tail.last_seq}, {in_db} in the db"
                 return 0, why

@@ -32,7 +32,8 @@ from typing import Literal
 
 from sqlalchemy import Connection
 
-from control_plane.billing import consumer as store
+from control_plane.billing import ledger
+from control_plane.billing.consumer import catch_up
 from control_plane.billing.domain.canonical import canonical_line, ledger_order, wallets_jsonl
 from control_plane.billing.domain.policy import DEFAULT_POLICY, BillingPolicy
 from control_plane.billing.domain.projection import bill_events
@@ -118,7 +119,7 @@ def _live(conn: Connection, start: int) -> _Live:
         h.add(batch)
         batch = []
 
-    for line in store.iter_lines(conn):
+    for line in ledger.iter_lines(conn):
         if prefix is None and line.source_seq > start:
             flush()
             prefix = h.copy()
@@ -126,7 +127,7 @@ def _live(conn: Connection, start: int) -> _Live:
         if len(batch) >= CHUNK:
             flush()
     flush()
-    return _Live(h.digest(store.all_wallets(conn)), prefix or h.copy(), prefix_wallets)
+    return _Live(h.digest(ledger.all_wallets(conn)), prefix or h.copy(), prefix_wallets)
 
 
 def live_digest(conn: Connection) -> str:
@@ -145,7 +146,7 @@ def _fold_log(
     """Fold the events in ``(after, upto]`` into ``h`` and ``wallets``; returns the wallets
     and how many events were folded (every event of the range, read or not)."""
     chunk: list[LogEvent[Payload]] = []
-    for event in store.events_upto(conn, upto, REPLAY_TYPES, after):
+    for event in ledger.events_upto(conn, upto, REPLAY_TYPES, after):
         chunk.append(event)
         if len(chunk) == CHUNK:
             policy, wallets = _fold_chunk(h, policy, wallets, chunk)
@@ -202,10 +203,10 @@ def replay(
 ) -> ReplayReport:
     """Catch the consumer up, then compare the live state with its replay in one consistent
     read (and verify, or rebuild, the JSONL sink against the replayed ledger)."""
-    store.catch_up(db)
+    catch_up(db)
     guard: AbstractContextManager[None] = sink.locked() if sink is not None else nullcontext()
-    with guard, store.read_snapshot(db) as conn:
-        upto = store.checkpoint(conn)
+    with guard, ledger.read_snapshot(db) as conn:
+        upto = ledger.checkpoint(conn)
         live, rebuilt = replay_in(conn, upto, from_snapshot)
         sink_state: Literal["identical", "rebuilt"] | None = None
         if sink is not None:

@@ -1,4 +1,5 @@
-"""Capacity mode: reading it, manual overrides with a TTL, and clearing them."""
+"""Capacity mode: reading it (and the capacity report the API shows), manual overrides with a
+TTL, and clearing them."""
 
 from __future__ import annotations
 
@@ -70,20 +71,27 @@ def change_mode(
     return True
 
 
-def set_override(db: Database, mode: CapacityMode, reason: str, ttl_s: float | None) -> None:
+def set_override(
+    db: Database, mode: CapacityMode, reason: str, ttl_s: float | None
+) -> CapacityReport:
     """A manual override; setting the mode already in force appends nothing and leaves any
-    override as it was."""
+    override as it was. Returns the capacity report once it is committed."""
     with write_transaction(db) as uow:
-        row = ensure_state(uow)
-        if CapacityMode(row.mode) is mode:
-            return
-        change_mode(uow, mode, reason, "manual", {}, ttl_s)
-        until = uow.now_us + int(ttl_s * 1_000_000) if ttl_s else None
-        uow.conn.execute(
-            update(capacity_state)
-            .where(capacity_state.c.id == 1)
-            .values(override_active=True, override_until_us=until)
-        )
+        _override(uow, mode, reason, ttl_s)
+    return read_report(db)
+
+
+def _override(uow: UnitOfWork, mode: CapacityMode, reason: str, ttl_s: float | None) -> None:
+    row = ensure_state(uow)
+    if CapacityMode(row.mode) is mode:
+        return
+    change_mode(uow, mode, reason, "manual", {}, ttl_s)
+    until = uow.now_us + int(ttl_s * 1_000_000) if ttl_s else None
+    uow.conn.execute(
+        update(capacity_state)
+        .where(capacity_state.c.id == 1)
+        .values(override_active=True, override_until_us=until)
+    )
 
 
 def clear_override(db: Database, reason: str) -> bool:
@@ -119,7 +127,15 @@ def override_active(conn: Connection, now_us: int) -> bool:
     return row.override_until_us is None or row.override_until_us > now_us
 
 
+def read_report(db: Database) -> CapacityReport:
+    """The query behind ``GET /v1/capacity`` (and the metrics): ``report``."""
+    with db.engine.connect() as conn:
+        return report(conn)
+
+
 def report(conn: Connection) -> CapacityReport:
+    """The mode in force, healthy and desired nodes, queue depth by priority, running units,
+    utilization and the autoscaler's last decision."""
     state = load_state(conn)
     fleet = conn.execute(
         select(nodes.c.health, nodes.c.max_concurrency, nodes.c.drained, nodes.c.quarantined)

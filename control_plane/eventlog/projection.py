@@ -24,6 +24,12 @@ Handler = Callable[[UnitOfWork, Sequence[LogEvent[Payload]]], None]
 WINDOW_BATCHES = 10
 
 
+def checkpoint_topic(name: str) -> str:
+    """The wake-up topic published when ``name``'s checkpoint moves (a read waiting for the
+    consumer to reach the log head listens on it, on every replica)."""
+    return f"checkpoint:{name}"
+
+
 @dataclass(frozen=True)
 class Projection:
     """A named consumer: ``handle`` writes its output for a batch of events."""
@@ -50,6 +56,7 @@ def fold_in(uow: UnitOfWork, projection: Projection, batch: int = 1000) -> tuple
         projection.handle(uow, events)
     upto = events[-1].seq if len(events) == batch else window_end
     set_checkpoint(uow, projection.name, upto)
+    uow.wake(checkpoint_topic(projection.name))
     return len(events), upto < head
 
 

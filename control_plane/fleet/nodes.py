@@ -11,14 +11,14 @@ from control_plane.db.uow import write_transaction
 from control_plane.errors import NotFound
 from control_plane.eventlog.emit import emit, emit_all, event
 from control_plane.fleet import health
-from control_plane.fleet.queries import load_node
+from control_plane.fleet.queries import load_node, to_node
 from control_plane.ids import new_id, new_secret, token_hash
 from control_plane.scheduling.scheduler import SchedulerContext, schedule_pending
 from control_plane.units import lifecycle
 from control_plane.units.rows import dumps
 from shared.enums import NodeHealth
 from shared.events import NodeDrained, NodeRegistered
-from shared.wire import HeartbeatReply, HeartbeatRequest, NodeRegister
+from shared.wire import HeartbeatReply, HeartbeatRequest, Node, NodeRegister
 
 
 def register(db: Database, ctx: SchedulerContext, body: NodeRegister) -> tuple[str, str]:
@@ -99,13 +99,17 @@ def heartbeat(db: Database, node_id: str, body: HeartbeatRequest, lease_s: float
     return HeartbeatReply(capacity_mode=mode, renewed=renewed, revoked=revoked)
 
 
-def drain(db: Database, node_id: str) -> None:
-    """No new placements on the node; offers not yet claimed are withdrawn by the sweep."""
+def drain(db: Database, node_id: str) -> Node:
+    """No new placements on the node; offers not yet claimed are withdrawn by the sweep.
+    Returns the node as drained."""
     with write_transaction(db) as uow:
         node = load_node(uow.conn, node_id)
         if node is None:
             raise NotFound(f"node {node_id} not found")
         if node.drained:
-            return
+            return to_node(node)
         uow.conn.execute(update(nodes).where(nodes.c.node_id == node_id).values(drained=True))
         emit(uow, NodeDrained(node_id=node_id), stream_id=node_id)
+    drained = to_node(node)
+    drained.drained = True  # the row as this transaction left it
+    return drained

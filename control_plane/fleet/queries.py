@@ -1,4 +1,5 @@
-"""Node reads: the registry as the API shows it, and the row the node commands load."""
+"""Node reads: the registry as the API shows it, and the row the node commands load.
+``read_*`` are the API's queries (each opens its own read connection)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Row, bindparam, select
 
+from control_plane.db.engine import Database
 from control_plane.db.tables import nodes
 from control_plane.errors import NotFound
 from control_plane.eventlog.store import us_to_dt
@@ -54,3 +56,15 @@ def list_nodes(conn: Connection, after_id: str | None, limit: int) -> list[Node]
     if after_id is not None:
         query = query.where(nodes.c.node_id > after_id)
     return [to_node(r) for r in conn.execute(query.order_by(nodes.c.node_id).limit(limit))]
+
+
+def read_node(db: Database, node_id: str) -> Node:
+    """The query behind ``GET /v1/nodes/{id}``: the node, or 404."""
+    with db.engine.connect() as conn:
+        return get_node(conn, node_id)
+
+
+def read_nodes(db: Database, after_id: str | None, limit: int) -> list[Node]:
+    """The query behind ``GET /v1/nodes``: ``list_nodes``."""
+    with db.engine.connect() as conn:
+        return list_nodes(conn, after_id, limit)

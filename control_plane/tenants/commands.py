@@ -1,24 +1,18 @@
-"""Tenant commands (create, limits) and the token lookups behind authentication."""
+"""Tenant commands: create (the API key is returned once) and limits."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from sqlalchemy import Connection, select, update
+from sqlalchemy import update
 
 from control_plane.db.engine import Database
-from control_plane.db.tables import nodes, tenants
+from control_plane.db.tables import tenants
 from control_plane.db.uow import write_transaction
 from control_plane.errors import NotFound
 from control_plane.eventlog.emit import emit
 from control_plane.ids import new_id, new_secret, token_hash
+from control_plane.tenants.queries import TenantRecord
 from shared.events import TenantCreated, TenantLimitsChanged
-
-
-@dataclass(frozen=True)
-class TenantRecord:
-    tenant_id: str
-    name: str
+from shared.wire import TenantCreated as TenantCreatedReply
 
 
 def create_tenant(db: Database, name: str) -> tuple[TenantRecord, str]:
@@ -44,23 +38,10 @@ def create_tenant(db: Database, name: str) -> tuple[TenantRecord, str]:
     return TenantRecord(tenant_id, name), api_key
 
 
-def get_tenant(conn: Connection, tenant_id: str) -> TenantRecord | None:
-    row = conn.execute(
-        select(tenants.c.tenant_id, tenants.c.name).where(tenants.c.tenant_id == tenant_id)
-    ).first()
-    return TenantRecord(row.tenant_id, row.name) if row else None
-
-
-def tenant_by_key_hash(conn: Connection, digest: str) -> str | None:
-    value = conn.execute(
-        select(tenants.c.tenant_id).where(tenants.c.api_key_hash == digest)
-    ).scalar()
-    return str(value) if value is not None else None
-
-
-def node_by_token_hash(conn: Connection, digest: str) -> str | None:
-    value = conn.execute(select(nodes.c.node_id).where(nodes.c.token_hash == digest)).scalar()
-    return str(value) if value is not None else None
+def register_tenant(db: Database, name: str) -> TenantCreatedReply:
+    """The command behind ``POST /v1/tenants``: the new tenant and its API key (shown once)."""
+    record, key = create_tenant(db, name)
+    return TenantCreatedReply(tenant_id=record.tenant_id, name=record.name, api_key=key)
 
 
 def set_limits(

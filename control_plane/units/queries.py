@@ -1,5 +1,6 @@
 """Work-unit reads (no writes): a unit, a page of units, a unit's events, the queue depth by
-priority, and the row the commands load."""
+priority, and the row the commands load. ``read_*`` are the API's queries (each opens its own
+read connection); the others run on the caller's connection."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, func, select
 
+from control_plane.db.engine import Database
 from control_plane.db.tables import queue_depth, work_units
 from control_plane.errors import NotFound
 from control_plane.eventlog.store import read_stream
 from control_plane.units.rows import WORK_UNIT_COLUMNS, to_work_unit
 from shared.enums import Priority, WorkUnitKind, WorkUnitStatus
 from shared.events import Event
-from shared.wire import WorkUnit
+from shared.wire import WorkUnit, WorkUnitEvents
 
 _UNIT = select(work_units).where(work_units.c.id == bindparam("b_id"))
 
@@ -74,3 +76,34 @@ def depth_by_priority(conn: Connection) -> dict[str, int]:
     for priority, total in rows:
         out[f"p{priority}"] = int(total or 0)
     return out
+
+
+# --------------------------------------------------------------------------- API queries
+
+
+def read_unit(db: Database, unit_id: str, tenant_id: str | None) -> WorkUnit:
+    """The query behind ``GET /v1/workunits/{id}``: the unit as ``tenant_id`` (None: the
+    admin) may see it, or 404."""
+    with db.engine.connect() as conn:
+        return get_unit(conn, unit_id, tenant_id)
+
+
+def read_units(
+    db: Database,
+    tenant_id: str | None,
+    status: WorkUnitStatus | None,
+    session_id: str | None,
+    after_id: str | None,
+    limit: int,
+    kind: WorkUnitKind | None = None,
+    priority: Priority | None = None,
+) -> list[WorkUnit]:
+    """The query behind ``GET /v1/workunits``: ``list_units``."""
+    with db.engine.connect() as conn:
+        return list_units(conn, tenant_id, status, session_id, after_id, limit, kind, priority)
+
+
+def read_unit_events(db: Database, unit_id: str, tenant_id: str | None) -> WorkUnitEvents:
+    """The query behind ``GET /v1/workunits/{id}/events``: the unit's events in log order."""
+    with db.engine.connect() as conn:
+        return WorkUnitEvents(events=unit_events(conn, unit_id, tenant_id))

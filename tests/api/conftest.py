@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from control_plane.app import create_app
+from control_plane.services import Services
 from control_plane.settings import Settings
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -54,6 +55,12 @@ def auth(token: str) -> dict[str, str]:
 @dataclass
 class Api:
     client: TestClient
+
+    @property
+    def services(self) -> Services:
+        """The app's services (its database, autoscaler, ...), for tests that look inside."""
+        services: Services = self.client.app.state.services  # type: ignore[attr-defined]
+        return services
 
     def admin(self) -> dict[str, str]:
         return auth(ADMIN)

@@ -83,13 +83,11 @@ def mode_is(api: Api, mode: str) -> Callable[[], bool]:
 
 
 def service(api: Api) -> AutoscalerService:
-    svc: AutoscalerService = api.client.app.state.autoscaler  # type: ignore[attr-defined]
-    return svc
+    return api.services.autoscaler
 
 
 def lease_holder(api: Api) -> str | None:
-    db: Database = api.client.app.state.db  # type: ignore[attr-defined]
-    with read_connection(db) as conn:
+    with read_connection(api.services.db) as conn:
         held = leader.holder_of(conn, LEASE_NAME)
     return held[0] if held else None
 

@@ -73,8 +73,7 @@ def _plan(rng: random.Random, units: list[Unit]) -> list[tuple[Action, bool]]:
 
 
 def _db(api: Api) -> Database:
-    db: Database = api.client.app.state.db  # type: ignore[attr-defined]
-    return db
+    return api.services.db
 
 
 @pytest.mark.parametrize("seed", [7, 2024])

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from control_plane.billing import consumer as store
+from control_plane.billing import ledger as store
 from control_plane.billing.domain.canonical import ledger_jsonl, ledger_order
 from control_plane.billing.export import LedgerSink, SinkOutcome
 from control_plane.db.engine import Database
@@ -25,8 +25,7 @@ def _setup(api: Api) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _db(api: Api) -> Database:
-    db: Database = api.client.app.state.db  # type: ignore[attr-defined]
-    return db
+    return api.services.db
 
 
 def _replace(path: Path, text: str) -> None:

@@ -9,8 +9,9 @@ from itertools import pairwise
 
 from sqlalchemy import update
 
-from control_plane.billing import consumer as store
+from control_plane.billing import ledger as store
 from control_plane.billing import snapshots
+from control_plane.billing.consumer import catch_up
 from control_plane.billing.domain.projection import verify_replay
 from control_plane.billing.domain.wallets import fold_wallets
 from control_plane.db.engine import Database
@@ -21,8 +22,7 @@ from tests.api.conftest import Api
 
 
 def _db(api: Api) -> Database:
-    db: Database = api.client.app.state.db  # type: ignore[attr-defined]
-    return db
+    return api.services.db
 
 
 def test_snapshot_replay_equals_full_replay_equals_live(make_api: Callable[..., Api]) -> None:
@@ -32,7 +32,7 @@ def test_snapshot_replay_equals_full_replay_equals_live(make_api: Callable[..., 
     nh = api.node("n1", max_concurrency=64)
     run_units(api, th, "n1", nh, [3, 5, 8])
     run_units(api, th2, "n1", nh, [13], invocations=2, kind="llm_pod")
-    store.catch_up(_db(api))
+    catch_up(_db(api))
     run_units(api, th, "n1", nh, [21, 34], invocations=1, kind="llm_pod")
     run_units(api, th2, "n1", nh, [55])
 
@@ -71,7 +71,7 @@ def test_snapshots_are_taken_every_n_events_and_pruned(make_api: Callable[..., A
     nh = api.node("n1", max_concurrency=64)
     for ms in (1, 2, 3, 4, 5):
         run_units(api, th, "n1", nh, [ms])
-        store.catch_up(_db(api))
+        catch_up(_db(api))
     with store.read_snapshot(_db(api)) as conn:
         seqs = snapshots.snapshot_seqs(conn)
         checkpoint = store.checkpoint(conn)
@@ -88,7 +88,7 @@ def test_snapshot_replay_catches_a_tampered_line(make_api: Callable[..., Api]) -
     _, th = api.tenant()
     nh = api.node("n1", max_concurrency=64)
     [unit] = run_units(api, th, "n1", nh, [1000])
-    store.catch_up(_db(api))
+    catch_up(_db(api))
     run_units(api, th, "n1", nh, [2000])
     assert replay(api.client, from_snapshot=True)["identical"] is True
     with write_transaction(_db(api)) as uow:  # an amount changed behind billing's back

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from control_plane.billing import consumer as store
+from control_plane.billing import ledger as store
 from control_plane.db.engine import Database
 from control_plane.db.uow import write_transaction
 from control_plane.eventlog import append
@@ -17,8 +17,7 @@ from tests.api.conftest import Api
 
 
 def _db(api: Api) -> Database:
-    db: Database = api.client.app.state.db  # type: ignore[attr-defined]
-    return db
+    return api.services.db
 
 
 def _append_unreadable(db: Database, tenant_id: str) -> None:

@@ -1,35 +1,31 @@
 """Billing: the ledger (JSON pages or JSONL), wallets, replay verification, anomalies, the
-price table and budgets."""
+price table and budgets.
+
+The reads (ledger, wallet, anomalies) never write: each first waits, briefly, for the billing
+consumer to fold the log as it stood when the read came in (``longpoll.billing_settled``), so a
+line shows right after the completion that caused it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.api.deps import Admin, DbDep, SettingsDep, TenantOrAdmin
+from control_plane.api import longpoll
+from control_plane.api.deps import Admin, ServicesDep, Viewer
 from control_plane.api.errors import responses
-from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from control_plane.api.pagination import MAX_LIMIT, cut_page, decode_cursor
 from control_plane.billing import budget as budgets
-from control_plane.billing import consumer as store
-from control_plane.billing.domain.anomalies import find_anomalies
-from control_plane.billing.domain.canonical import canonical_line
-from control_plane.billing.domain.pricing import rate_str
-from control_plane.billing.export import LedgerSink
-from control_plane.billing.prices import change_model_price, load_table
+from control_plane.billing import ledger
+from control_plane.billing.prices import price_table, set_price
 from control_plane.billing.replay import replay as replay_billing
-from control_plane.db.engine import Database
-from control_plane.db.uow import write_transaction
 from control_plane.errors import NotFound
-from control_plane.tenants.commands import get_tenant
 from shared.wire import (
     AnomalyReport,
     BudgetReply,
     BudgetRequest,
-    LedgerEntry,
     LedgerPage,
     ModelPriceRequest,
     PriceTableReply,
@@ -42,12 +38,6 @@ router = APIRouter(prefix="/v1/billing", tags=["billing"])
 NDJSON = "application/x-ndjson"
 
 
-def _sink(request: Request) -> LedgerSink | None:
-    """The process's JSONL sink (``KRAKO_LEDGER_JSONL_PATH``), if one is configured."""
-    sink: LedgerSink | None = getattr(request.app.state, "ledger_sink", None)
-    return sink
-
-
 @router.get(
     "/ledger",
     operation_id="get_ledger",
@@ -57,57 +47,36 @@ def _sink(request: Request) -> LedgerSink | None:
     "streams as canonical JSONL (sorted keys, fixed 6-decimal money), one line per entry, in "
     "canonical ledger order (source_seq, then line-item type and sub-key): the admin's full "
     "export is byte for byte the JSONL sink's file and the replayed ledger.",
+    response_model=LedgerPage,
     responses={
         200: {"content": {NDJSON: {}}, "description": "JSON page or JSONL stream"},
         **responses(401, 403, 422),
     },
 )
-async def ledger(
-    p: TenantOrAdmin,
-    db: DbDep,
-    settings: SettingsDep,
+async def get_ledger(
+    viewer: Viewer,
+    services: ServicesDep,
     request: Request,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     cursor: str | None = None,
     tenant_id: str | None = None,
-) -> LedgerPage:
-    who = p.tenant_id if p.tenant_id is not None else tenant_id
-    secret = settings.api.admin_token or ""
+) -> LedgerPage | StreamingResponse:
+    who = viewer.tenant_id if viewer.tenant_id is not None else tenant_id
+    secret = services.settings.api.admin_token or ""
     scope = f"ledger:{who or '*'}:{after}"
     key: tuple[int, str] | None = None
     if cursor:
         seq_s, _, entry = decode_cursor(secret, scope, cursor).partition(":")
         key = (int(seq_s), entry)
-    await run_in_threadpool(store.catch_up, db)
+    await longpoll.billing_settled(services)
     if NDJSON in request.headers.get("accept", ""):
-        return StreamingResponse(_jsonl(db, who, after), media_type=NDJSON)  # type: ignore[return-value]
-
-    def load() -> list[LedgerEntry]:
-        with db.engine.connect() as conn:
-            return store.ledger_page(conn, who, after, key, limit + 1)
-
-    entries = await run_in_threadpool(load)
-    more = len(entries) > limit
-    entries = entries[:limit]
-    next_cursor = (
-        encode_cursor(secret, scope, f"{entries[-1].source_seq}:{entries[-1].entry_id}")
-        if more and entries
-        else None
+        return StreamingResponse(ledger.ledger_jsonl(services.db, who, after), media_type=NDJSON)
+    found = await run_in_threadpool(ledger.read_ledger, services.db, who, after, key, limit + 1)
+    entries, next_cursor = cut_page(
+        secret, scope, found, limit, lambda e: f"{e.source_seq}:{e.entry_id}"
     )
     return LedgerPage(entries=entries, next_cursor=next_cursor)
-
-
-def _jsonl(db: Database, tenant_id: str | None, after: int) -> Iterator[bytes]:
-    with store.read_snapshot(db) as conn:
-        chunk: list[str] = []
-        for line in store.iter_lines(conn, after_seq=after, tenant_id=tenant_id):
-            chunk.append(canonical_line(line) + "\n")
-            if len(chunk) >= 1000:
-                yield "".join(chunk).encode()
-                chunk = []
-        if chunk:
-            yield "".join(chunk).encode()
 
 
 @router.get(
@@ -118,18 +87,11 @@ def _jsonl(db: Database, tenant_id: str | None, after: int) -> Iterator[bytes]:
     "the last event folded into it). A tenant reads only its own (another's is 404).",
     responses=responses(401, 403, 404),
 )
-async def wallet(tenant_id: str, p: TenantOrAdmin, db: DbDep) -> Wallet:
-    if p.tenant_id is not None and p.tenant_id != tenant_id:
+async def get_wallet(tenant_id: str, viewer: Viewer, services: ServicesDep) -> Wallet:
+    if viewer.tenant_id is not None and viewer.tenant_id != tenant_id:
         raise NotFound(f"tenant {tenant_id} not found")
-    await run_in_threadpool(store.catch_up, db)
-
-    def load() -> Wallet:
-        with db.engine.connect() as conn:
-            if get_tenant(conn, tenant_id) is None:
-                raise NotFound(f"tenant {tenant_id} not found")
-            return store.wallet_of(conn, tenant_id).to_wire()
-
-    return await run_in_threadpool(load)
+    await longpoll.billing_settled(services)
+    return await run_in_threadpool(ledger.read_wallet, services.db, tenant_id)
 
 
 @router.post(
@@ -146,13 +108,12 @@ async def wallet(tenant_id: str, p: TenantOrAdmin, db: DbDep) -> Wallet:
 )
 async def replay(
     _: Admin,
-    db: DbDep,
-    request: Request,
+    services: ServicesDep,
     from_snapshot: Annotated[
         bool, Query(description="Start from the latest wallet snapshot instead of seq 0.")
     ] = False,
 ) -> ReplayReport:
-    return await run_in_threadpool(replay_billing, db, from_snapshot, _sink(request))
+    return await run_in_threadpool(replay_billing, services.db, from_snapshot, services.ledger_sink)
 
 
 @router.get(
@@ -164,36 +125,11 @@ async def replay(
     "to the tenant), and billing-flag misconfiguration.",
     responses=responses(401, 403),
 )
-async def anomalies(_: Admin, db: DbDep, settings: SettingsDep) -> AnomalyReport:
-    await run_in_threadpool(store.catch_up, db)
-
-    def run() -> AnomalyReport:
-        with store.read_snapshot(db) as conn:
-            upto = store.checkpoint(conn)
-            lines = store.all_lines(conn)
-            # billing reads only its own event types: the rest cannot matter here
-            events = list(store.events_upto(conn, upto, store.BILLING_TYPES))
-        flags = settings.billing
-        conflict = flags.bill_llm_from_workunit_completed and flags.bill_llm_from_invocation
-        return AnomalyReport(anomalies=find_anomalies(events, lines, conflict))
-
-    return await run_in_threadpool(run)
-
-
-def _table_reply(db: Database) -> PriceTableReply:
-    with db.engine.connect() as conn:
-        table = load_table(conn)
-    return PriceTableReply(
-        price_version=table.price_version,
-        usd_per_cpu_s=rate_str(table.usd_per_cpu_s),
-        models={
-            m: {
-                "usd_per_1m_in": rate_str(p.usd_per_1m_in),
-                "usd_per_1m_out": rate_str(p.usd_per_1m_out),
-            }
-            for m, p in sorted(table.models.items())
-        },
-    )
+async def anomalies(_: Admin, services: ServicesDep) -> AnomalyReport:
+    flags = services.settings.billing
+    conflict = flags.bill_llm_from_workunit_completed and flags.bill_llm_from_invocation
+    await longpoll.billing_settled(services)
+    return await run_in_threadpool(ledger.anomaly_report, services.db, conflict)
 
 
 @router.get(
@@ -203,8 +139,8 @@ def _table_reply(db: Database) -> PriceTableReply:
     description="Token rates per model (USD per one million tokens) and the CPU rate.",
     responses=responses(401, 403),
 )
-async def get_prices(_: TenantOrAdmin, db: DbDep) -> PriceTableReply:
-    return await run_in_threadpool(_table_reply, db)
+async def get_prices(_: Viewer, services: ServicesDep) -> PriceTableReply:
+    return await run_in_threadpool(price_table, services.db)
 
 
 @router.put(
@@ -215,13 +151,12 @@ async def get_prices(_: TenantOrAdmin, db: DbDep) -> PriceTableReply:
     "log keep the price stamped into them.",
     responses=responses(401, 403, 422),
 )
-async def put_price(model: str, body: ModelPriceRequest, _: Admin, db: DbDep) -> PriceTableReply:
-    def run() -> None:
-        with write_transaction(db) as uow:
-            change_model_price(uow, model, body.usd_per_1m_in, body.usd_per_1m_out)
-
-    await run_in_threadpool(run)
-    return await run_in_threadpool(_table_reply, db)
+async def put_price(
+    model: str, body: ModelPriceRequest, _: Admin, services: ServicesDep
+) -> PriceTableReply:
+    return await run_in_threadpool(
+        set_price, services.db, model, body.usd_per_1m_in, body.usd_per_1m_out
+    )
 
 
 @router.put(
@@ -233,5 +168,7 @@ async def put_price(model: str, body: ModelPriceRequest, _: Admin, db: DbDep) ->
     "event). Null removes the budget.",
     responses=responses(401, 403, 404, 422),
 )
-async def put_budget(tenant_id: str, body: BudgetRequest, _: Admin, db: DbDep) -> BudgetReply:
-    return await run_in_threadpool(budgets.set_budget, db, tenant_id, body.budget_usd)
+async def put_budget(
+    tenant_id: str, body: BudgetRequest, _: Admin, services: ServicesDep
+) -> BudgetReply:
+    return await run_in_threadpool(budgets.set_budget, services.db, tenant_id, body.budget_usd)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.api.deps import Admin, DbDep, TenantOrAdmin
+from control_plane.api.deps import Admin, ServicesDep, Viewer
 from control_plane.api.errors import responses
 from control_plane.capacity import mode as capacity
 from shared.wire import CapacityModeRequest, CapacityReport
@@ -21,12 +21,8 @@ router = APIRouter(prefix="/v1/capacity", tags=["capacity"])
     "queue depth by priority, running units, utilization and the last autoscaler decision.",
     responses=responses(401, 403),
 )
-async def get_capacity(_: TenantOrAdmin, db: DbDep) -> CapacityReport:
-    def load() -> CapacityReport:
-        with db.engine.connect() as conn:
-            return capacity.report(conn)
-
-    return await run_in_threadpool(load)
+async def get_capacity(_: Viewer, services: ServicesDep) -> CapacityReport:
+    return await run_in_threadpool(capacity.read_report, services.db)
 
 
 @router.put(
@@ -38,9 +34,10 @@ async def get_capacity(_: TenantOrAdmin, db: DbDep) -> CapacityReport:
     "force appends no event and leaves any override as it was.",
     responses=responses(401, 403, 422),
 )
-async def put_mode(body: CapacityModeRequest, _: Admin, db: DbDep) -> CapacityReport:
-    await run_in_threadpool(capacity.set_override, db, body.mode, body.reason, body.ttl_s)
-    return await get_capacity(_, db)
+async def put_mode(body: CapacityModeRequest, _: Admin, services: ServicesDep) -> CapacityReport:
+    return await run_in_threadpool(
+        capacity.set_override, services.db, body.mode, body.reason, body.ttl_s
+    )
 
 
 @router.delete(
@@ -51,6 +48,6 @@ async def put_mode(body: CapacityModeRequest, _: Admin, db: DbDep) -> CapacityRe
     description="The autoscaler decides the mode again at its next tick.",
     responses=responses(401, 403),
 )
-async def delete_mode(_: Admin, db: DbDep) -> Response:
-    await run_in_threadpool(capacity.clear_override, db, "cleared by admin")
+async def delete_mode(_: Admin, services: ServicesDep) -> Response:
+    await run_in_threadpool(capacity.clear_override, services.db, "cleared by admin")
     return Response(status_code=204)

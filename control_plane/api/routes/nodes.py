@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.api.deps import (
-    Admin,
-    AuthCache,
-    CtxDep,
-    DbDep,
-    JoinToken,
-    NodeP,
-    NotifierDep,
-    SettingsDep,
-    node_path_guard,
-)
+from control_plane.api import longpoll
+from control_plane.api.deps import Admin, JoinToken, NodeId, ServicesDep
 from control_plane.api.errors import problem_model, responses
-from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from control_plane.api.pagination import MAX_LIMIT, cut_page, decode_cursor
 from control_plane.errors import KrakoError
 from control_plane.fleet import nodes, queries
-from control_plane.units import claims
 from control_plane.units import reports as unit_reports
 from control_plane.units.validation import ensure_storable
 from shared.wire import (
@@ -46,12 +33,6 @@ from shared.wire import (
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 
 
-# Wake-ups make a waiting poll return at once (in-process, and LISTEN/NOTIFY across replicas,
-# which wakes every waiter after a reconnect). This re-check is only a backstop; an idle
-# re-check only reads.
-POLL_RECHECK_S = 10.0
-
-
 @router.post(
     "",
     status_code=201,
@@ -61,17 +42,15 @@ POLL_RECHECK_S = 10.0
     "again gets a fresh token (an agent restart) and the old token stops working.",
     responses=responses(401, 403, 404, 422),
 )
-async def register(
-    body: NodeRegister, _: JoinToken, request: Request, db: DbDep, ctx: CtxDep, s: SettingsDep
-) -> NodeRegistration:
-    node_id, token = await run_in_threadpool(nodes.register, db, ctx, body)
-    cache: AuthCache = request.app.state.auth_cache
-    cache.forget_node(node_id)
+async def register(body: NodeRegister, _: JoinToken, services: ServicesDep) -> NodeRegistration:
+    node_id, token = await run_in_threadpool(nodes.register, services.db, services.scheduler, body)
+    services.auth_cache.forget_node(node_id)  # the old token stops working here at once
+    leases = services.settings.leases
     return NodeRegistration(
         node_id=node_id,
         node_token=token,
-        heartbeat_interval_s=s.leases.heartbeat_interval_s,
-        lease_s=s.leases.lease_s,
+        heartbeat_interval_s=leases.heartbeat_interval_s,
+        lease_s=leases.lease_s,
     )
 
 
@@ -84,17 +63,10 @@ async def register(
     responses=responses(401, 403, 404, 422),
 )
 async def heartbeat(
-    node_id: str, body: HeartbeatRequest, p: NodeP, db: DbDep, s: SettingsDep
+    node_id: str, body: HeartbeatRequest, node: NodeId, services: ServicesDep
 ) -> HeartbeatReply:
-    node_path_guard(p, node_id)
-    return await run_in_threadpool(nodes.heartbeat, db, node_id, body, s.leases.lease_s)
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+    lease_s = services.settings.leases.lease_s
+    return await run_in_threadpool(nodes.heartbeat, services.db, node, body, lease_s)
 
 
 @router.post(
@@ -107,49 +79,9 @@ async def _disconnected(request: Request) -> None:
     responses=responses(401, 403, 404, 422),
 )
 async def poll(
-    node_id: str,
-    body: PollRequest,
-    p: NodeP,
-    request: Request,
-    db: DbDep,
-    ctx: CtxDep,
-    notifier: NotifierDep,
-    s: SettingsDep,
+    node_id: str, body: PollRequest, node: NodeId, request: Request, services: ServicesDep
 ) -> PollReply:
-    node_path_guard(p, node_id)
-    deadline = time.monotonic() + body.wait_s
-    disconnect = asyncio.ensure_future(_disconnected(request))
-    try:
-        while True:
-            # only this node's offers wake it: a submission anywhere must not wake every
-            # idle agent (placement, the sweep and completions put work on a node)
-            with notifier.subscribe(f"node:{node_id}") as fut:
-                assignments, granted = await run_in_threadpool(
-                    claims.poll_once,
-                    db,
-                    ctx,
-                    node_id,
-                    body.max_units,
-                    body.claim,
-                    s.leases.lease_s,
-                    True,
-                )
-                if assignments or granted:
-                    return PollReply(assignments=assignments, claims=granted)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return PollReply()
-                await asyncio.wait(
-                    {asyncio.shield(fut), disconnect},
-                    timeout=min(remaining, POLL_RECHECK_S),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if disconnect.done():
-                    return PollReply()
-    finally:
-        disconnect.cancel()
-        with contextlib.suppress(BaseException):
-            await disconnect
+    return await longpoll.poll(services, request, node, body)
 
 
 @router.post(
@@ -162,16 +94,15 @@ async def poll(
     responses=responses(401, 403, 404, 413, 422),
 )
 async def reports(
-    node_id: str, body: ReportsRequest, p: NodeP, db: DbDep, ctx: CtxDep
+    node_id: str, body: ReportsRequest, node: NodeId, services: ServicesDep
 ) -> ReportsReply:
-    node_path_guard(p, node_id)
     for item in [*body.completions, *body.failures]:
         ensure_storable(item, "the report")
     done, failed = await run_in_threadpool(
         unit_reports.report,
-        db,
-        ctx,
-        node_id,
+        services.db,
+        services.scheduler,
+        node,
         [(c.work_unit_id, c) for c in body.completions],
         [(f.work_unit_id, f) for f in body.failures],
     )
@@ -195,14 +126,8 @@ def _results(items: list[tuple[WorkUnit | None, KrakoError | None]]) -> list[Rep
     "queue; what it runs finishes.",
     responses=responses(401, 403, 404),
 )
-async def drain(node_id: str, _: Admin, db: DbDep) -> Node:
-    await run_in_threadpool(nodes.drain, db, node_id)
-
-    def load() -> Node:
-        with db.engine.connect() as conn:
-            return queries.get_node(conn, node_id)
-
-    return await run_in_threadpool(load)
+async def drain(node_id: str, _: Admin, services: ServicesDep) -> Node:
+    return await run_in_threadpool(nodes.drain, services.db, node_id)
 
 
 @router.get(
@@ -214,22 +139,14 @@ async def drain(node_id: str, _: Admin, db: DbDep) -> Node:
 )
 async def list_nodes(
     _: Admin,
-    db: DbDep,
-    s: SettingsDep,
+    services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     cursor: str | None = None,
 ) -> Page[Node]:
-    secret = s.api.admin_token or ""
+    secret = services.settings.api.admin_token or ""
     after = decode_cursor(secret, "nodes", cursor) if cursor else None
-
-    def load() -> list[Node]:
-        with db.engine.connect() as conn:
-            return queries.list_nodes(conn, after, limit + 1)
-
-    items = await run_in_threadpool(load)
-    more = len(items) > limit
-    items = items[:limit]
-    next_cursor = encode_cursor(secret, "nodes", items[-1].node_id) if more and items else None
+    found = await run_in_threadpool(queries.read_nodes, services.db, after, limit + 1)
+    items, next_cursor = cut_page(secret, "nodes", found, limit, lambda n: n.node_id)
     return Page[Node](items=items, next_cursor=next_cursor)
 
 
@@ -240,9 +157,5 @@ async def list_nodes(
     description="One node of the registry.",
     responses=responses(401, 403, 404),
 )
-async def get_node(node_id: str, _: Admin, db: DbDep) -> Node:
-    def load() -> Node:
-        with db.engine.connect() as conn:
-            return queries.get_node(conn, node_id)
-
-    return await run_in_threadpool(load)
+async def get_node(node_id: str, _: Admin, services: ServicesDep) -> Node:
+    return await run_in_threadpool(queries.read_node, services.db, node_id)

@@ -6,10 +6,11 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.api.deps import DbDep, NotifierDep
-from control_plane.capacity.mode import report
+from control_plane.api.deps import ServicesDep
+from control_plane.capacity.mode import read_report
 from control_plane.db.migrate import is_migrated
 from control_plane.errors import Unavailable
+from shared.wire import CapacityReport
 
 router = APIRouter(tags=["operations"])
 
@@ -30,9 +31,9 @@ async def healthz() -> dict[str, str]:
     summary="Readiness",
     description="The database is reachable and migrated to head (503 otherwise).",
 )
-async def readyz(db: DbDep) -> dict[str, str]:
+async def readyz(services: ServicesDep) -> dict[str, str]:
     try:
-        ok = await run_in_threadpool(is_migrated, db)
+        ok = await run_in_threadpool(is_migrated, services.db)
     except Exception as exc:
         raise Unavailable(f"database unreachable: {exc.__class__.__name__}")
     if not ok:
@@ -47,29 +48,30 @@ async def readyz(db: DbDep) -> dict[str, str]:
     description="Queue depth, running units, nodes, capacity mode, waiting long-polls.",
     response_class=PlainTextResponse,
 )
-async def metrics(db: DbDep, notifier: NotifierDep) -> str:
-    def load() -> str:
-        with db.engine.connect() as conn:
-            cap = report(conn)
-        lines = [
-            "# HELP krako_queue_depth Queued work units by priority.",
-            "# TYPE krako_queue_depth gauge",
-        ]
-        lines += [f'krako_queue_depth{{priority="{p}"}} {n}' for p, n in cap.queue_depth.items()]
-        lines += [
-            "# TYPE krako_running gauge",
-            f"krako_running {cap.running}",
-            "# TYPE krako_healthy_nodes gauge",
-            f"krako_healthy_nodes {cap.healthy_nodes}",
-            "# TYPE krako_utilization gauge",
-            f"krako_utilization {cap.utilization}",
-            "# TYPE krako_capacity_mode gauge",
-        ]
-        lines += [
-            f'krako_capacity_mode{{mode="{m}"}} {1 if cap.mode.value == m else 0}'
-            for m in ("OPEN", "THROTTLED", "CRITICAL")
-        ]
-        lines += ["# TYPE krako_waiters gauge", f"krako_waiters {notifier.waiter_count()}"]
-        return "\n".join(lines) + "\n"
+async def metrics(services: ServicesDep) -> str:
+    cap = await run_in_threadpool(read_report, services.db)
+    return prometheus_text(cap, services.notifier.waiter_count())
 
-    return await run_in_threadpool(load)
+
+def prometheus_text(cap: CapacityReport, waiters: int) -> str:
+    """The metrics in Prometheus' text format."""
+    lines = [
+        "# HELP krako_queue_depth Queued work units by priority.",
+        "# TYPE krako_queue_depth gauge",
+    ]
+    lines += [f'krako_queue_depth{{priority="{p}"}} {n}' for p, n in cap.queue_depth.items()]
+    lines += [
+        "# TYPE krako_running gauge",
+        f"krako_running {cap.running}",
+        "# TYPE krako_healthy_nodes gauge",
+        f"krako_healthy_nodes {cap.healthy_nodes}",
+        "# TYPE krako_utilization gauge",
+        f"krako_utilization {cap.utilization}",
+        "# TYPE krako_capacity_mode gauge",
+    ]
+    lines += [
+        f'krako_capacity_mode{{mode="{m}"}} {1 if cap.mode.value == m else 0}'
+        for m in ("OPEN", "THROTTLED", "CRITICAL")
+    ]
+    lines += ["# TYPE krako_waiters gauge", f"krako_waiters {waiters}"]
+    return "\n".join(lines) + "\n"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.api.deps import Admin, DbDep, TenantP
+from control_plane.api.deps import Admin, ServicesDep, TenantId
 from control_plane.api.errors import responses
-from control_plane.errors import NotFound
-from control_plane.tenants.commands import create_tenant, get_tenant, set_limits
+from control_plane.tenants.commands import register_tenant, set_limits
+from control_plane.tenants.queries import read_tenant
 from shared.wire import Tenant, TenantCreate, TenantCreated, TenantLimits
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
@@ -22,9 +22,8 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
     description="Creates a tenant and returns its API key once (stored only as a hash).",
     responses=responses(401, 403, 422),
 )
-async def create(body: TenantCreate, _: Admin, db: DbDep) -> TenantCreated:
-    record, key = await run_in_threadpool(create_tenant, db, body.name)
-    return TenantCreated(tenant_id=record.tenant_id, name=record.name, api_key=key)
+async def create(body: TenantCreate, _: Admin, services: ServicesDep) -> TenantCreated:
+    return await run_in_threadpool(register_tenant, services.db, body.name)
 
 
 @router.get(
@@ -34,18 +33,8 @@ async def create(body: TenantCreate, _: Admin, db: DbDep) -> TenantCreated:
     description="Returns the tenant that owns the API key.",
     responses=responses(401, 403),
 )
-async def me(p: TenantP, db: DbDep) -> Tenant:
-    assert p.tenant_id is not None
-    tenant_id = p.tenant_id
-
-    def load() -> Tenant:
-        with db.engine.connect() as conn:
-            record = get_tenant(conn, tenant_id)
-        if record is None:
-            raise NotFound("tenant not found")
-        return Tenant(tenant_id=record.tenant_id, name=record.name)
-
-    return await run_in_threadpool(load)
+async def me(tenant_id: TenantId, services: ServicesDep) -> Tenant:
+    return await run_in_threadpool(read_tenant, services.db, tenant_id)
 
 
 @router.put(
@@ -57,8 +46,15 @@ async def me(p: TenantP, db: DbDep) -> Tenant:
     "across all replicas. Null removes a limit. Each change is a tenant.limits.changed event.",
     responses=responses(401, 403, 404),
 )
-async def put_limits(tenant_id: str, body: TenantLimits, _: Admin, db: DbDep) -> Response:
+async def put_limits(
+    tenant_id: str, body: TenantLimits, _: Admin, services: ServicesDep
+) -> Response:
     await run_in_threadpool(
-        set_limits, db, tenant_id, body.max_running, body.submit_rate_per_s, body.submit_burst
+        set_limits,
+        services.db,
+        tenant_id,
+        body.max_running,
+        body.submit_rate_per_s,
+        body.submit_burst,
     )
     return Response(status_code=204)

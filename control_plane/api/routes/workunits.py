@@ -3,26 +3,17 @@ reports."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from control_plane.api.deps import (
-    CtxDep,
-    DbDep,
-    NodeP,
-    NotifierDep,
-    SettingsDep,
-    TenantOrAdmin,
-    TenantP,
-)
+from control_plane.api import longpoll
+from control_plane.api.deps import NodeId, ServicesDep, TenantId, Viewer
 from control_plane.api.errors import problem_model, responses
-from control_plane.api.pagination import MAX_LIMIT, decode_cursor, encode_cursor
+from control_plane.api.pagination import MAX_LIMIT, cut_page, decode_cursor
 from control_plane.billing.budget import budget_hook, record_refusal
 from control_plane.errors import BadRequest, KrakoError
-from control_plane.eventlog.wait import wait_for
 from control_plane.units import claims, queries, reports
 from control_plane.units import submit as workunits
 from control_plane.units.cancel import cancel as cancel_unit
@@ -73,20 +64,18 @@ def _idem_key(value: str | None) -> str | None:
 )
 async def submit(
     body: WorkUnitSubmit,
-    p: TenantP,
-    db: DbDep,
-    ctx: CtxDep,
+    tenant_id: TenantId,
+    services: ServicesDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> WorkUnit:
-    assert p.tenant_id is not None
     key = _idem_key(idempotency_key)
     [outcome] = await run_in_threadpool(
-        workunits.submit, db, ctx, p.tenant_id, [(body, key)], BUDGET
+        workunits.submit, services.db, services.scheduler, tenant_id, [(body, key)], BUDGET
     )
     if outcome.error is not None:
         raise outcome.error
-    assert outcome.unit is not None
+    assert outcome.unit is not None  # an outcome carries its unit or its error
     response.status_code = outcome.status
     return outcome.unit
 
@@ -99,8 +88,7 @@ async def submit(
     "get, and the unit or the problem, in the order of the request.",
     responses=responses(401, 403, 413, 422),
 )
-async def submit_batch(body: BatchSubmit, p: TenantP, db: DbDep, ctx: CtxDep) -> BatchReply:
-    assert p.tenant_id is not None
+async def submit_batch(body: BatchSubmit, tenant_id: TenantId, services: ServicesDep) -> BatchReply:
     items: list[tuple[WorkUnitSubmit | KrakoError, str | None]] = []
     for raw in body.units:
         try:
@@ -108,7 +96,9 @@ async def submit_batch(body: BatchSubmit, p: TenantP, db: DbDep, ctx: CtxDep) ->
             items.append((item, item.idempotency_key))
         except KrakoError as exc:
             items.append((exc, None))
-    outcomes = await run_in_threadpool(workunits.submit, db, ctx, p.tenant_id, items, BUDGET)
+    outcomes = await run_in_threadpool(
+        workunits.submit, services.db, services.scheduler, tenant_id, items, BUDGET
+    )
     return BatchReply(
         results=[
             BatchResult(status=o.status, work_unit=o.unit)
@@ -128,9 +118,8 @@ async def submit_batch(body: BatchSubmit, p: TenantP, db: DbDep, ctx: CtxDep) ->
     responses=responses(401, 403, 413, 422),
 )
 async def list_units(
-    p: TenantOrAdmin,
-    db: DbDep,
-    settings: SettingsDep,
+    viewer: Viewer,
+    services: ServicesDep,
     status: WorkUnitStatus | None = None,
     execution_session_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
@@ -138,20 +127,21 @@ async def list_units(
     kind: WorkUnitKind | None = None,
     priority: Priority | None = None,
 ) -> Page[WorkUnit]:
-    secret = settings.api.admin_token or ""
-    scope = f"workunits:{p.tenant_id or '*'}"
+    secret = services.settings.api.admin_token or ""
+    scope = f"workunits:{viewer.tenant_id or '*'}"
     after = decode_cursor(secret, scope, cursor) if cursor else None
-
-    def load() -> list[WorkUnit]:
-        with db.engine.connect() as conn:
-            return queries.list_units(
-                conn, p.tenant_id, status, execution_session_id, after, limit + 1, kind, priority
-            )
-
-    units = await run_in_threadpool(load)
-    more = len(units) > limit
-    units = units[:limit]
-    next_cursor = encode_cursor(secret, scope, units[-1].id) if more and units else None
+    found = await run_in_threadpool(
+        queries.read_units,
+        services.db,
+        viewer.tenant_id,
+        status,
+        execution_session_id,
+        after,
+        limit + 1,
+        kind,
+        priority,
+    )
+    units, next_cursor = cut_page(secret, scope, found, limit, lambda u: u.id)
     return Page[WorkUnit](items=units, next_cursor=next_cursor)
 
 
@@ -165,26 +155,11 @@ async def list_units(
 )
 async def get_unit(
     unit_id: str,
-    p: TenantOrAdmin,
-    db: DbDep,
-    notifier: NotifierDep,
+    viewer: Viewer,
+    services: ServicesDep,
     wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
 ) -> WorkUnit:
-    deadline = time.monotonic() + wait_s
-
-    def load() -> WorkUnit:
-        with db.engine.connect() as conn:
-            return queries.get_unit(conn, unit_id, p.tenant_id)
-
-    while True:
-        with notifier.subscribe(f"unit:{unit_id}") as fut:
-            unit = await run_in_threadpool(load)
-            remaining = deadline - time.monotonic()
-            if unit.status.terminal or remaining <= 0:
-                return unit
-            # the fallback timeout covers wake-ups that cannot reach us (another process on
-            # SQLite); on PostgreSQL LISTEN/NOTIFY wakes us at once
-            await wait_for(fut, min(remaining, 1.0))
+    return await longpoll.unit(services, unit_id, viewer.tenant_id, wait_s)
 
 
 @router.get(
@@ -194,12 +169,8 @@ async def get_unit(
     description="Every event of the unit, in log order.",
     responses=responses(401, 403, 404),
 )
-async def unit_events(unit_id: str, p: TenantOrAdmin, db: DbDep) -> WorkUnitEvents:
-    def load() -> WorkUnitEvents:
-        with db.engine.connect() as conn:
-            return WorkUnitEvents(events=queries.unit_events(conn, unit_id, p.tenant_id))
-
-    return await run_in_threadpool(load)
+async def unit_events(unit_id: str, viewer: Viewer, services: ServicesDep) -> WorkUnitEvents:
+    return await run_in_threadpool(queries.read_unit_events, services.db, unit_id, viewer.tenant_id)
 
 
 @router.post(
@@ -210,9 +181,10 @@ async def unit_events(unit_id: str, p: TenantOrAdmin, db: DbDep) -> WorkUnitEven
     "holding it is told 'revoked' at its next heartbeat and its reports become stale.",
     responses=responses(401, 403, 404, 409),
 )
-async def cancel(unit_id: str, p: TenantOrAdmin, db: DbDep, ctx: CtxDep) -> WorkUnit:
-    by = f"tenant:{p.tenant_id}" if p.tenant_id else "admin"
-    return await run_in_threadpool(cancel_unit, db, ctx, unit_id, p.tenant_id, by)
+async def cancel(unit_id: str, viewer: Viewer, services: ServicesDep) -> WorkUnit:
+    return await run_in_threadpool(
+        cancel_unit, services.db, services.scheduler, unit_id, viewer.tenant_id, viewer.actor
+    )
 
 
 @router.post(
@@ -225,11 +197,11 @@ async def cancel(unit_id: str, p: TenantOrAdmin, db: DbDep, ctx: CtxDep) -> Work
     responses=responses(401, 403, 404, 409, 422),
 )
 async def claim(
-    unit_id: str, body: ClaimRequest, p: NodeP, db: DbDep, settings: SettingsDep
+    unit_id: str, body: ClaimRequest, node_id: NodeId, services: ServicesDep
 ) -> ClaimReply:
-    assert p.node_id is not None
+    lease_s = services.settings.leases.lease_s
     return await run_in_threadpool(
-        claims.claim, db, p.node_id, unit_id, body.attempt, settings.leases.lease_s
+        claims.claim, services.db, node_id, unit_id, body.attempt, lease_s
     )
 
 
@@ -248,10 +220,15 @@ async def claim(
     },
 )
 async def llm_invocation(
-    unit_id: str, body: LlmInvocationReport, p: NodeP, db: DbDep, response: Response
+    unit_id: str,
+    body: LlmInvocationReport,
+    node_id: NodeId,
+    services: ServicesDep,
+    response: Response,
 ) -> LlmInvocationAccepted:
-    assert p.node_id is not None
-    status, reply = await run_in_threadpool(reports.record_invocation, db, p.node_id, unit_id, body)
+    status, reply = await run_in_threadpool(
+        reports.record_invocation, services.db, node_id, unit_id, body
+    )
     response.status_code = status
     return reply
 
@@ -265,10 +242,11 @@ async def llm_invocation(
     responses=responses(401, 403, 404, 409, 422),
 )
 async def complete(
-    unit_id: str, body: CompleteRequest, p: NodeP, db: DbDep, ctx: CtxDep
+    unit_id: str, body: CompleteRequest, node_id: NodeId, services: ServicesDep
 ) -> WorkUnit:
-    assert p.node_id is not None
-    return await run_in_threadpool(reports.complete, db, ctx, p.node_id, unit_id, body)
+    return await run_in_threadpool(
+        reports.complete, services.db, services.scheduler, node_id, unit_id, body
+    )
 
 
 @router.post(
@@ -279,6 +257,7 @@ async def complete(
     "unit is failed.",
     responses=responses(401, 403, 404, 409, 422),
 )
-async def fail(unit_id: str, body: FailRequest, p: NodeP, db: DbDep, ctx: CtxDep) -> WorkUnit:
-    assert p.node_id is not None
-    return await run_in_threadpool(reports.fail, db, ctx, p.node_id, unit_id, body)
+async def fail(unit_id: str, body: FailRequest, node_id: NodeId, services: ServicesDep) -> WorkUnit:
+    return await run_in_threadpool(
+        reports.fail, services.db, services.scheduler, node_id, unit_id, body
+    )
