@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from control_plane.app import create_app
 from control_plane.billing.prices import ensure_billing
 from control_plane.capacity.mode import ensure_state
 from control_plane.clock import ManualClock, SystemClock
@@ -26,6 +28,7 @@ from control_plane.units.submit import submit
 from control_plane.units.sweep import SweepTimings, sweep
 from shared.enums import WorkUnitKind
 from shared.wire import NodeRegister, WorkUnitSubmit
+from tests.api.conftest import ADMIN, auth, make_settings
 
 LEASE_S = 30.0
 CALM = SweepTimings(heartbeat_interval_s=3600, heartbeat_timeout_s=7200, offer_timeout_s=3600)
@@ -95,3 +98,15 @@ def test_each_database_has_its_own_clock(db_url: str) -> None:
     finally:
         a.dispose()
         b.dispose()
+
+
+def test_create_app_takes_the_clock(db_url: str) -> None:
+    clock = ManualClock(start_us=2_000_000_000_000_000)  # 2033-05-18T03:33:20Z
+    with TestClient(create_app(make_settings(db_url), clock=clock)) as client:
+        r = client.post("/v1/tenants", json={"name": "acme"}, headers=auth(ADMIN))
+        assert r.status_code == 201, r.text
+        tenant_id = r.json()["tenant_id"]
+        clock.advance(3600)
+        r = client.get("/v1/events", params={"limit": 1000}, headers=auth(ADMIN))
+        created = [e for e in r.json()["events"] if e["stream_id"] == tenant_id]
+    assert [e["recorded_at"][:16] for e in created] == ["2033-05-18T03:33"]
