@@ -21,7 +21,7 @@ from itertools import groupby
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, func, select, tuple_
+from sqlalchemy import Connection, bindparam, func, select, tuple_
 
 from control_plane.billing.consumer import BILLING_TYPES, CONSUMER, all_wallets, load_wallets
 from control_plane.billing.domain.anomalies import find_anomalies
@@ -29,15 +29,16 @@ from control_plane.billing.domain.canonical import canonical_line, ledger_order
 from control_plane.billing.domain.rules import LedgerLine, as_utc
 from control_plane.billing.domain.wallets import WalletState
 from control_plane.db.engine import Database
-from control_plane.db.tables import checkpoints, events, ledger_entries
+from control_plane.db.tables import checkpoints, events, ledger_entries, tenants
 from control_plane.errors import NotFound
 from control_plane.eventlog.checkpoints import get_checkpoint
 from control_plane.eventlog.store import read_after_typed, us_to_dt
-from control_plane.tenants.queries import get_tenant
 from shared.enums import LineItemType
 from shared.events import LogEvent, Payload
 from shared.money import from_micros, to_micros
 from shared.wire import AnomalyReport, LedgerEntry, Wallet
+
+_TENANT_EXISTS = select(tenants.c.tenant_id).where(tenants.c.tenant_id == bindparam("b_id"))
 
 __all__ = [
     "all_lines",
@@ -244,7 +245,7 @@ def read_wallet(db: Database, tenant_id: str) -> Wallet:
     """The query behind ``GET /v1/billing/wallets/{tenant_id}``: the wallet, or 404 for a
     tenant that does not exist."""
     with db.engine.connect() as conn:
-        if get_tenant(conn, tenant_id) is None:
+        if conn.execute(_TENANT_EXISTS, {"b_id": tenant_id}).first() is None:
             raise NotFound(f"tenant {tenant_id} not found")
         return wallet_of(conn, tenant_id).to_wire()
 

@@ -19,7 +19,7 @@ from control_plane.db.tables import claims, llm_invocations, work_units
 from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.errors import Conflict, KrakoError, NotFound, stale_claim
 from control_plane.eventlog.emit import emit
-from control_plane.eventlog.store import us_to_dt
+from control_plane.eventlog.store import read_after_typed, us_to_dt
 from control_plane.fleet.trust import record_outcome, record_outcomes
 from control_plane.scheduling.scheduler import SchedulerContext, defer_placement
 from control_plane.units import lifecycle
@@ -159,21 +159,16 @@ def complete_in(
 
 def _llm_usage(uow: UnitOfWork, row: Row[Any]) -> list[LlmUsage]:
     """Sum the tokens of the unit's accepted (non-stale) invocations of this attempt, by model."""
-    from control_plane.db.tables import events
-
     totals: dict[str, list[int]] = {}
-    for (payload,) in uow.conn.execute(
-        select(events.c.payload).where(
-            events.c.stream_id == row.id,
-            events.c.type == EventType.LLM_INVOCATION_COMPLETED.value,
-        )
+    for ev in read_after_typed(
+        uow.conn, 0, 100_000, types=[EventType.LLM_INVOCATION_COMPLETED.value], stream_id=row.id
     ):
-        p = orjson.loads(payload)
-        if p.get("stale_claim") or p.get("attempt") != row.attempt:
+        p = ev.payload
+        if not isinstance(p, LlmInvocationCompleted) or p.stale_claim or p.attempt != row.attempt:
             continue
-        t = totals.setdefault(p["model"], [0, 0])
-        t[0] += int(p["tokens_in"])
-        t[1] += int(p["tokens_out"])
+        t = totals.setdefault(p.model, [0, 0])
+        t[0] += p.tokens_in
+        t[1] += p.tokens_out
     return [
         LlmUsage(
             model=model,

@@ -36,11 +36,7 @@ CODEC = "control_plane/eventlog/codec.py"
 EVENTLOG = "control_plane/eventlog/"
 
 # (folder, enclosing function, rule): untyped event reads in code this change does not own
-KNOWN = {
-    # the unit's completion sums its invocations from their stored JSON; it should read them
-    # typed (codec.read_payload on the column, or eventlog.store.read_stream_typed)
-    ("control_plane/units/", "_llm_usage", 3),
-}
+KNOWN: set[tuple[str, str, int]] = set()
 
 
 def _known(read: Read) -> tuple[str, str, int] | None:
