@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -295,3 +295,14 @@ class AgentProcess(ChildProcess):
     def start(self) -> Self:
         self.spawn()
         return self
+
+
+def stop_all(children: Iterable[ChildProcess], timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM to every running child at once, then wait for each (SIGKILL past
+    ``timeout``): they shut down side by side, not one after the other."""
+    children = list(children)
+    for child in children:
+        if child.running:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        child.stop(timeout)
