@@ -17,7 +17,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.api.conftest import JOIN, Api, all_events, assert_problem, auth
+from tests.api.conftest import JOIN, Api, assert_problem, auth
 
 UNIT: dict[str, Any] = {"kind": "cpu", "execution_session_id": "s", "payload": {"handler": "noop"}}
 
@@ -72,7 +72,7 @@ def _max_in_flight_in_log(api: Api, tenant_id: str) -> int:
         "workunit.cancelled",
     }
     now = peak = 0
-    for e in all_events(api):
+    for e in api.events():
         if e["tenant_id"] != tenant_id:
             continue
         if e["type"] == "workunit.scheduled":
@@ -203,7 +203,7 @@ def test_rate_limit_refuses_past_the_burst_with_retry_after_and_appends_nothing(
     accepted = 0
     refused = None
     for _ in range(10):
-        before = len(all_events(api))
+        before = len(api.events())
         r = api.client.post("/v1/workunits", json=UNIT, headers=tenant)
         if r.status_code == 429:
             refused = r
@@ -218,7 +218,7 @@ def test_rate_limit_refuses_past_the_burst_with_retry_after_and_appends_nothing(
     assert tenant_id in problem["detail"]
     retry_after = refused.headers["Retry-After"]
     assert retry_after.isdigit() and int(retry_after) >= 1, retry_after
-    assert len(all_events(api)) == before, "a refused submit appended an event"
+    assert len(api.events()) == before, "a refused submit appended an event"
     assert len(_units(api, tenant, "queued")) == accepted
 
     time.sleep(int(retry_after))  # the server said when: then it is accepted again
@@ -231,7 +231,7 @@ def test_a_batch_takes_one_token_per_unit(api: Api) -> None:
     tenant_id, tenant = api.tenant()
     other_id, other = api.tenant("other")
     _set_limits(api, tenant_id, submit_rate_per_s=1, submit_burst=3)
-    before = Counter(e["type"] for e in all_events(api))
+    before = Counter(e["type"] for e in api.events())
 
     r = api.client.post("/v1/workunits/batch", json={"units": [UNIT] * 5}, headers=tenant)
     assert r.status_code == 200, r.text
@@ -240,14 +240,14 @@ def test_a_batch_takes_one_token_per_unit(api: Api) -> None:
     for x in results[3:]:
         assert x["error"]["code"] == "rate_limited" and x["error"]["status"] == 429, x
         assert "work_unit" not in x or x["work_unit"] is None
-    after = Counter(e["type"] for e in all_events(api))
+    after = Counter(e["type"] for e in api.events())
     assert after["workunit.submitted"] - before["workunit.submitted"] == 3
     assert len(_units(api, tenant, "queued")) == 3
 
     # the bucket is empty now: a whole batch is refused and appends nothing
     r = api.client.post("/v1/workunits/batch", json={"units": [UNIT] * 2}, headers=tenant)
     assert [x["status"] for x in r.json()["results"]] == [429, 429]
-    assert Counter(e["type"] for e in all_events(api)) == after
+    assert Counter(e["type"] for e in api.events()) == after
 
     # another tenant's bucket is its own
     r = api.client.post("/v1/workunits/batch", json={"units": [UNIT] * 10}, headers=other)
@@ -275,7 +275,7 @@ def test_concurrent_submits_share_one_bucket(api: Api) -> None:
         statuses = Counter(s for f in futures for s in f.result())
     assert statuses == {201: 5, 429: 19}, statuses
     assert len(_units(api, tenant, "queued")) == 5
-    submitted = [e for e in all_events(api) if e["type"] == "workunit.submitted"]
+    submitted = [e for e in api.events() if e["type"] == "workunit.submitted"]
     assert len(submitted) == 5
 
 
@@ -320,7 +320,7 @@ def test_null_limits_remove_the_rate_limit(api: Api) -> None:
 def test_only_the_admin_sets_limits_and_refusals_change_nothing(api: Api) -> None:
     tenant_id, tenant = api.tenant()
     node = api.node("n1")
-    before = len(all_events(api))
+    before = len(api.events())
 
     assert_problem(_put_limits(api, tenant_id, tenant, max_running=1), 403)
     assert_problem(_put_limits(api, tenant_id, node, max_running=1), 403)
@@ -339,7 +339,7 @@ def test_only_the_admin_sets_limits_and_refusals_change_nothing(api: Api) -> Non
         {"max_parallel": 3},
     ):
         assert_problem(_put_limits(api, tenant_id, **bad), 422, where=bad)
-    assert len(all_events(api)) == before, "a refused change appended an event"
+    assert len(api.events()) == before, "a refused change appended an event"
     # and no limit took hold: the tenant submits freely
     r = api.client.post("/v1/workunits/batch", json={"units": [UNIT] * 10}, headers=tenant)
     assert [x["status"] for x in r.json()["results"]] == [201] * 10
@@ -356,7 +356,7 @@ def test_each_change_is_a_tenant_limits_changed_event(api: Api) -> None:
     ]
     for body in changes:
         _set_limits(api, tenant_id, **body)
-    events = [e for e in all_events(api) if e["type"] == "tenant.limits.changed"]
+    events = [e for e in api.events() if e["type"] == "tenant.limits.changed"]
     assert len(events) == len(changes)
     for e, body in zip(events, changes, strict=True):
         assert e["tenant_id"] == tenant_id and e["stream_id"] == tenant_id
