@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,29 +29,18 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers.procs import Child, free_port, http_ok, wait_until
+
 ADMIN = "bench-admin-token-0123456789"
 JOIN = "bench-join-token-0123456789"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("process exited early")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready")
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path = Path(os.devnull)) -> None:
+    """Until ``url`` answers; fails early (with its log) if ``proc`` exits first."""
+    wait_until(lambda: http_ok(url), what=url, watch=[Child(url, proc, log)])
 
 
 def baseline(requests: int) -> float:
@@ -126,7 +114,7 @@ def run(name: str, db_url: str, data_dir: Path, args: argparse.Namespace) -> Non
     )
     agents: list[subprocess.Popen[bytes]] = []
     try:
-        wait_ready(f"{base}/readyz", cp)
+        wait_ready(f"{base}/readyz", cp, data_dir / f"cp-{name}.log")
         admin = {"Authorization": f"Bearer {ADMIN}"}
         with httpx.Client(base_url=base, timeout=60) as c:
             key = c.post("/v1/tenants", json={"name": "bench"}, headers=admin).json()["api_key"]

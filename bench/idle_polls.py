@@ -12,23 +12,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers.procs import free_port, http_ok, wait_until
+
 ADMIN = "bench-admin-token-0123456789"
 JOIN = "bench-join-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
@@ -39,15 +35,7 @@ def rss_mb(pid: int) -> float:
 
 
 def wait_ready(url: str) -> None:
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready")
+    wait_until(lambda: http_ok(url), what=url)
 
 
 async def hold(url: str, n: int, headers: dict[str, str], body: dict[str, object]) -> int:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -144,3 +146,12 @@ def wait_until(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not ready after {timeout:.0f} s")
         time.sleep(interval)
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``GET url`` answers below 500: the server is up (ready, for a readiness URL,
+    which answers 503 until it is)."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code < 500
+    except httpx.HTTPError:
+        return False

@@ -5,7 +5,6 @@ or repeating a unit, and stops whatever it still runs when it shuts down."""
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -14,37 +13,21 @@ from typing import Any
 import httpx
 import pytest
 
-import tests.acceptance.conftest as acceptance
-from tests.acceptance.conftest import ADMIN, ControlPlane, auth
+from tests.acceptance.conftest import ADMIN, StartControlPlane, auth
+from tests.support.events import read_events
+from tests.support.ports import free_port
+from tests.support.processes import ControlPlaneProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def _events(c: httpx.Client, type_: str | None = None) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        params: dict[str, Any] = {"after": after, "limit": 1000}
-        if type_:
-            params["type"] = type_
-        page = c.get("/v1/events", params=params, headers=auth(ADMIN))
-        page.raise_for_status()
-        body = page.json()
-        if not body["events"]:
-            return out
-        out.extend(body["events"])
-        after = body["last_seq"]
+def _events(c: httpx.Client, type_: str) -> list[dict[str, Any]]:
+    return read_events(c, auth(ADMIN), type_)
 
 
-def _wait(what: str, pred: Callable[[], Any], timeout: float, cp: ControlPlane) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{cp.logs()}")
-        time.sleep(0.1)
+def _wait(what: str, pred: Callable[[], Any], cp: ControlPlaneProcess) -> Any:
+    return wait_until(what, pred, interval=0.1, context=cp.logs)
 
 
 def _alive(pid: int) -> bool:
@@ -72,11 +55,11 @@ def backend() -> str:
 
 
 def test_local_actuator_scales_agents_up_and_down_without_losing_a_unit(
-    control_plane: Callable[..., ControlPlane], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    control_plane: StartControlPlane, tmp_path: Path
 ) -> None:
-    port = acceptance.free_port()
-    monkeypatch.setattr(acceptance, "free_port", lambda: port)  # the agents need the URL
+    port = free_port()  # the agents it starts need its URL
     cp = control_plane(
+        port=port,
         KRAKO_AUTOSCALER_ACTUATOR="local",
         KRAKO_AUTOSCALER_LOCAL_CONTROL_PLANE_URL=f"http://127.0.0.1:{port}",
         KRAKO_AUTOSCALER_LOCAL_AGENT_ARGS="--max-concurrency 2 --kinds cpu --poll-wait 1 "
@@ -121,22 +104,21 @@ def test_local_actuator_scales_agents_up_and_down_without_losing_a_unit(
 
         # a backlog with no node at all: the autoscaler starts agents (at most 3)
         ids = submit(30, 50)
-        _wait("3 agents registered", lambda: len(nodes()) == 3, 30, cp)
+        _wait("3 agents registered", lambda: len(nodes()) == 3, cp)
         assert set(nodes()) == {"local-1", "local-2", "local-3"}
         pids = _pids(agents_dir)
         assert set(pids) == {"local-1", "local-2", "local-3"}
         assert all(_alive(p) for p in pids.values())
-        _wait("the backlog done", lambda: set(completed()) >= set(ids), 30, cp)
+        _wait("the backlog done", lambda: set(completed()) >= set(ids), cp)
 
         # two long units keep two slots busy: one node is enough for them, so after the
         # window the others are drained and stopped, the one running a unit only once done
         long_ids = submit(2, 2500)
-        _wait("a scale-down", lambda: sum(1 for n in nodes().values() if n["drained"]) >= 1, 30, cp)
-        _wait("every unit done", lambda: set(completed()) >= set(ids + long_ids), 30, cp)
+        _wait("a scale-down", lambda: sum(1 for n in nodes().values() if n["drained"]) >= 1, cp)
+        _wait("every unit done", lambda: set(completed()) >= set(ids + long_ids), cp)
         _wait(
             "all agents stopped",
             lambda: all(n["drained"] for n in nodes().values()) and not _pids(agents_dir),
-            30,
             cp,
         )
         assert not any(_alive(p) for p in pids.values())
@@ -160,7 +142,7 @@ def test_local_actuator_scales_agents_up_and_down_without_losing_a_unit(
 
         # scale up again, then stop the control plane: it stops the agents it runs
         submit(6, 50)
-        _wait("a new agent", lambda: _pids(agents_dir), 30, cp)
+        _wait("a new agent", lambda: _pids(agents_dir), cp)
         again = _pids(agents_dir)
         assert not set(again) & {"local-1", "local-2", "local-3"}  # drained ids stay retired
     cp.stop()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
-from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.acceptance.conftest import ADMIN, JOIN, ControlPlane, auth
+from tests.acceptance.conftest import ADMIN, JOIN, StartControlPlane, auth
+from tests.support.processes import ControlPlaneProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def _usd(cpu_ms: int) -> Decimal:
 class Node:
     """This test acting as a node agent: poll with claim, complete with cpu_ms."""
 
-    def __init__(self, cp: ControlPlane) -> None:
+    def __init__(self, cp: ControlPlaneProcess) -> None:
         self.cp = cp
         with cp.client() as c:
             r = c.post(
@@ -98,7 +98,7 @@ def _replay(c: httpx.Client, from_snapshot: bool) -> dict[str, Any]:
 
 
 def test_sigkill_mid_burst_bills_every_completion_once(
-    control_plane: Callable[..., ControlPlane], tmp_path: Path
+    control_plane: StartControlPlane, tmp_path: Path
 ) -> None:
     sink = tmp_path / "ledger" / "ledger.jsonl"
     cp = control_plane(
@@ -131,11 +131,13 @@ def test_sigkill_mid_burst_bills_every_completion_once(
 
     worker = threading.Thread(target=burst)
     worker.start()
-    deadline = time.monotonic() + 30
-    while len(node.acked) < KILL_AFTER:
+
+    def killable() -> bool:
         assert not failures, failures
-        assert worker.is_alive() and time.monotonic() < deadline, cp.logs()
-        time.sleep(0.005)
+        assert worker.is_alive(), cp.logs()
+        return len(node.acked) >= KILL_AFTER
+
+    wait_until(f"{KILL_AFTER} completions acknowledged", killable, interval=0.005)
     cp.kill()
     worker.join(timeout=20)
     assert not worker.is_alive() and not failures, failures
@@ -146,10 +148,18 @@ def test_sigkill_mid_burst_bills_every_completion_once(
         # completions whose answer was lost: the same completion again is a 200, not a line
         for unit_id in sorted(set(node.tokens) - node.acked):
             node.complete(c, unit_id)
-        deadline = time.monotonic() + 30
-        while len(node.acked) < UNITS:
-            assert time.monotonic() < deadline, f"{len(node.acked)} of {UNITS}:\n{cp.logs()}"
+
+        def all_acked() -> bool:
             node.step(c, max_units=50)
+            return len(node.acked) >= UNITS
+
+        if len(node.acked) < UNITS:
+            wait_until(
+                f"all {UNITS} completions acknowledged",
+                all_acked,
+                interval=0,  # each step is a long-poll
+                context=lambda: f"{len(node.acked)} of {UNITS}\n{cp.logs()}",
+            )
         # a late duplicate of every completion changes nothing
         for unit_id in units[:10]:
             node.complete(c, unit_id)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.acceptance.conftest import ADMIN, JOIN, ControlPlane, auth
+from tests.acceptance.conftest import ADMIN, JOIN, StartControlPlane, auth
+from tests.support.events import read_events
 
 pytestmark = pytest.mark.slow
 
@@ -20,23 +21,8 @@ CLAIMS_PER_ROUND = 20
 ROUNDS = 10
 
 
-def _events(c: httpx.Client, **params: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        r = c.get(
-            "/v1/events", params={"after": after, "limit": 1000, **params}, headers=auth(ADMIN)
-        )
-        assert r.status_code == 200, r.text
-        page = r.json()
-        if not page["events"]:
-            return out
-        out += page["events"]
-        after = page["last_seq"]
-
-
 def test_concurrent_claims_have_exactly_one_winner(
-    control_plane: Callable[..., ControlPlane],
+    control_plane: StartControlPlane,
 ) -> None:
     cp = control_plane(KRAKO_SCHEDULER_OFFER_FANOUT=str(NODES))
     with cp.client() as c:
@@ -84,7 +70,7 @@ def test_concurrent_claims_have_exactly_one_winner(
                 client.close()
 
         # the whole log: one claimed and one completed event per unit, no event twice
-        events = _events(c)
+        events = read_events(c, auth(ADMIN))
         assert len({e["event_id"] for e in events}) == len(events)
         claimed = [e["stream_id"] for e in events if e["type"] == "workunit.claimed"]
         completed = [e["stream_id"] for e in events if e["type"] == "workunit.completed"]
@@ -152,7 +138,7 @@ def _judge(c: httpx.Client, unit_id: str, replies: list[tuple[str, int, dict[str
     assert r.json()["status"] == "claimed" and r.json()["node_id"] == winner
 
 
-def test_http_edges_over_a_real_socket(control_plane: Callable[..., ControlPlane]) -> None:
+def test_http_edges_over_a_real_socket(control_plane: StartControlPlane) -> None:
     """What only a real server shows: the body limit on a socket, with a Content-Length
     and chunked, and problem documents on the wire."""
     cp = control_plane(KRAKO_MAX_BODY_BYTES="4096")
@@ -181,11 +167,11 @@ def test_http_edges_over_a_real_socket(control_plane: Callable[..., ControlPlane
         assert r.status_code == 401 and r.json()["code"] == "unauthorized"
         assert c.get("/healthz").status_code == 200
         assert c.get("/metrics").text.startswith("#")
-        assert _events(c, type="workunit.submitted") == []
+        assert read_events(c, auth(ADMIN), "workunit.submitted") == []
 
 
 def test_concurrent_submits_with_one_idempotency_key_make_one_unit(
-    control_plane: Callable[..., ControlPlane],
+    control_plane: StartControlPlane,
 ) -> None:
     cp = control_plane()
     with cp.client() as c:
@@ -215,4 +201,4 @@ def test_concurrent_submits_with_one_idempotency_key_make_one_unit(
         statuses = sorted(s for s, _ in replies)
         assert statuses == [200] * (len(clients) - 1) + [201], replies
         assert len({unit_id for _, unit_id in replies}) == 1, replies
-        assert len(_events(c, type="workunit.submitted")) == 1
+        assert len(read_events(c, auth(ADMIN), "workunit.submitted")) == 1

@@ -1,41 +1,39 @@
 """The end-to-end demo, run exactly as API.md writes it (real processes, one data dir each).
 
-Each command must finish within a minute, exit 0 and print an honest report: every unit
-terminal, ledger lines, a wallet, and ``replay: identical``.
+Each command must finish (a generous timeout turns a hang into a failure; how long the demo
+takes is not asserted here), exit 0 and print an honest report: every unit terminal, ledger
+lines, a wallet, and ``replay: identical``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support.processes import clean_environ
+from tests.support.waiting import wait_until
+
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "scripts/e2e_demo.py"
-TIME_LIMIT_S = 60.0
 
 
 @dataclass
 class Run:
     code: int
     out: str
-    seconds: float
 
 
 def run_demo(args: list[str], data_dir: Path, timeout_s: float = 120.0) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KRAKO_")}
-    env["KRAKO_DATA_DIR"] = str(data_dir)
-    started = time.monotonic()
+    env = clean_environ(KRAKO_DATA_DIR=str(data_dir))
     proc = subprocess.run(
         [sys.executable, SCRIPT, *args],
         cwd=REPO_ROOT,
@@ -45,13 +43,11 @@ def run_demo(args: list[str], data_dir: Path, timeout_s: float = 120.0) -> Run:
         timeout=timeout_s,
         check=False,
     )
-    seconds = time.monotonic() - started
-    return Run(proc.returncode, proc.stdout + proc.stderr, seconds)
+    return Run(proc.returncode, proc.stdout + proc.stderr)
 
 
 def assert_healthy_report(run: Run, data_dir: Path, units: int) -> None:
     assert run.code == 0, run.out
-    assert run.seconds < TIME_LIMIT_S, f"took {run.seconds:.1f}s\n{run.out}"
     assert f"data dir {data_dir / 'demo'} (SQLite)" in run.out, run.out
     assert f"Work units ({units})" in run.out, run.out
     assert f"units terminal: {units}/{units}" in run.out, run.out
@@ -122,8 +118,7 @@ def test_simulated_pressure(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KRAKO_")}
-    env["KRAKO_DATA_DIR"] = str(tmp_path)
+    env = clean_environ(KRAKO_DATA_DIR=str(tmp_path))
     proc = subprocess.Popen(
         [sys.executable, SCRIPT, "--reset", "--burst", "1", "--polls", "20", "--plain"],
         cwd=REPO_ROOT,
@@ -133,21 +128,27 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.stdout is not None
-    header = ""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        header = proc.stdout.readline()
-        if "control plane http://" in header:
-            break
-    match = re.search(r"control plane http://127\.0\.0\.1:(\d+)", header)
-    assert match, header
-    port = int(match[1])
+    printed: list[str] = []
+
+    def control_plane_port() -> int | None:
+        assert proc.stdout is not None
+        printed.append(proc.stdout.readline())  # blocks until the next line
+        assert printed[-1] or proc.poll() is None, f"the demo exited:\n{''.join(printed)}"
+        match = re.search(r"control plane http://127\.0\.0\.1:(\d+)", printed[-1])
+        return int(match[1]) if match else None
+
+    port = wait_until("the demo's control plane URL", control_plane_port, interval=0)
     # wait until the agent holds a long-poll, then interrupt
     log = tmp_path / "demo" / "logs" / "agent-1.log"
-    while time.monotonic() < deadline and "event=registered" not in _read(log):
-        time.sleep(0.1)
+    wait_until(
+        "the demo's agent registered",
+        lambda: "event=registered" in _read(log),
+        interval=0.1,
+        context=lambda: "".join(printed),
+    )
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=30)
+    header = "".join(printed)
     assert proc.returncode == 130, header + rest
     assert "interrupted: stopping the processes" in rest
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.conftest import ADMIN, JOIN, ControlPlane
+from tests.acceptance.conftest import ADMIN, JOIN, StartControlPlane
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[st
 
 
 def test_generated_client_submits_and_reads_back(
-    generated: Callable[[str], ModuleType], control_plane: Callable[..., ControlPlane]
+    generated: Callable[[str], ModuleType], control_plane: StartControlPlane
 ) -> None:
     cp = control_plane()
     client_mod = generated("client")

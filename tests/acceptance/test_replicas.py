@@ -4,115 +4,61 @@ other replica places work (LISTEN/NOTIFY), well before any fallback re-check."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from tests.acceptance.conftest import ADMIN, JOIN, ControlPlane, auth
+from control_plane.api.routes.nodes import POLL_RECHECK_S
+from tests.acceptance.conftest import ADMIN, StartControlPlane, auth
+from tests.support.events import read_events
+from tests.support.metrics import waiters
+from tests.support.processes import AgentProcess, ControlPlaneProcess, stop_all
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def _agent(cp: ControlPlane, node_id: str, workdir: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KRAKO_")}
-    state = workdir / node_id
-    state.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "node_agent",
-            "--control-plane",
-            cp.url,
-            "--join-token",
-            JOIN,
-            "--node-id",
-            node_id,
-            "--state-dir",
-            str(state),
-            "--max-concurrency",
-            "8",
-            "--poll-wait",
-            "20",
-            "--kinds",
-            "cpu",
-            "--log-level",
-            "warning",
-        ],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def _all_events(c: httpx.Client) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = c.get("/v1/events", params={"after": after, "limit": 1000}, headers=auth(ADMIN))
-        page.raise_for_status()
-        body = page.json()
-        if not body["events"]:
-            return out
-        out.extend(body["events"])
-        after = body["last_seq"]
-
-
-def _wait_node(c: httpx.Client, node_id: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if c.get(f"/v1/nodes/{node_id}", headers=auth(ADMIN)).status_code == 200:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"agent {node_id} never registered")
+def _agent(cp: ControlPlaneProcess, node_id: str) -> AgentProcess:
+    flags = ("--max-concurrency", "8", "--poll-wait", "20", "--kinds", "cpu")
+    return cp.agent(node_id, *flags, "--log-level", "warning", node_id=node_id).start()
 
 
 def test_two_replicas_share_work_exactly_once(
-    backend: str, control_plane: Callable[..., ControlPlane], tmp_path: Path
+    backend: str, control_plane: StartControlPlane
 ) -> None:
     if backend != "postgresql":
         pytest.skip("replicas share a PostgreSQL database")
     a = control_plane()
     b = control_plane()
-    agents: list[subprocess.Popen[bytes]] = []
+    agents: list[AgentProcess] = []
     try:
         with a.client() as ca, b.client() as cb:
             key = ca.post("/v1/tenants", json={"name": "r"}, headers=auth(ADMIN)).json()["api_key"]
             tenant = auth(key)
-            agents.append(_agent(b, "on-b-1", tmp_path))
-            _wait_node(cb, "on-b-1")
-            time.sleep(0.3)  # the agent is now idle in a 20 s long-poll on replica B
-            t0 = time.monotonic()
+            agents.append(_agent(b, "on-b-1"))
+            wait_until(
+                "on-b-1 registered",
+                lambda: cb.get("/v1/nodes/on-b-1", headers=auth(ADMIN)).status_code == 200,
+                context=agents[0].logs,
+            )
+            # B holds no request but the agent's: once it counts one, the agent is idle in
+            # its 20 s long-poll there, and work placed from now on must wake it
+            wait_until("on-b-1's long-poll held by B", lambda: waiters(cb) >= 1)
             unit = {"kind": "cpu", "execution_session_id": "x", "payload": {"handler": "noop"}}
             first = ca.post("/v1/workunits", json=unit, headers=tenant).json()
-            done = ca.get(f"/v1/workunits/{first['id']}", params={"wait_s": 15}, headers=tenant)
-            woke_s = time.monotonic() - t0
-            assert done.json()["status"] == "completed"
-            assert woke_s < 3.0, f"the long-poll on B woke {woke_s:.1f}s after A placed work"
+            # By itself B's poll only re-checks every POLL_RECHECK_S: the unit completed
+            # within half of that means the placement on A woke it (LISTEN/NOTIFY).
+            done = ca.get(
+                f"/v1/workunits/{first['id']}",
+                params={"wait_s": POLL_RECHECK_S / 2},
+                headers=tenant,
+            )
+            assert done.json()["status"] == "completed", (
+                f"the long-poll on B did not wake when A placed work: {done.json()}"
+            )
 
-            agents.append(_agent(b, "on-b-2", tmp_path))
-            agents.append(_agent(a, "on-a-1", tmp_path))
+            agents.append(_agent(b, "on-b-2"))
+            agents.append(_agent(a, "on-a-1"))
             sleep = {
                 "kind": "cpu",
                 "execution_session_id": "burst",
@@ -124,19 +70,22 @@ def test_two_replicas_share_work_exactly_once(
                 )
                 assert r.status_code == 200
                 assert all(x["status"] == 201 for x in r.json()["results"])
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                page = cb.get(
-                    "/v1/workunits",
-                    params={"status": "completed", "limit": 1000},
-                    headers=tenant,
-                ).json()
-                if len(page["items"]) == 201:
-                    break
-                time.sleep(0.3)
-            events = _all_events(ca)
+
+            def completed_units() -> int:
+                params = {"status": "completed", "limit": 1000}
+                page = cb.get("/v1/workunits", params=params, headers=tenant).json()
+                return len(page["items"])
+
+            wait_until(
+                "all 201 units completed",
+                lambda: completed_units() == 201,
+                90,
+                interval=0.3,
+                context=lambda: f"{completed_units()} completed",
+            )
+            events = read_events(ca, auth(ADMIN))
     finally:
-        _stop(agents)
+        stop_all(agents)
     completed = Counter(e["stream_id"] for e in events if e["type"] == "workunit.completed")
     submitted = {e["stream_id"] for e in events if e["type"] == "workunit.submitted"}
     assert len(submitted) == 201

@@ -5,14 +5,14 @@ is there, with exactly one ``workunit.submitted`` event each and no event stored
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.acceptance.conftest import ADMIN, ControlPlane, auth
+from tests.acceptance.conftest import ADMIN, StartControlPlane, auth
+from tests.support.events import read_events
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -20,25 +20,12 @@ SUBMITTERS = 4
 KILL_AFTER_ACKS = 40
 
 
-def _events(c: httpx.Client) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        r = c.get("/v1/events", params={"after": after, "limit": 1000}, headers=auth(ADMIN))
-        assert r.status_code == 200, r.text
-        page = r.json()
-        if not page["events"]:
-            return out
-        out += page["events"]
-        after = page["last_seq"]
-
-
 def _unit_body(key: str) -> dict[str, Any]:
     return {"kind": "cpu", "execution_session_id": "burst", "payload": {"handler": key}}
 
 
 def test_sigkill_during_a_burst_loses_nothing_acknowledged(
-    control_plane: Callable[..., ControlPlane],
+    control_plane: StartControlPlane,
 ) -> None:
     cp = control_plane()
     with cp.client() as c:
@@ -82,14 +69,18 @@ def test_sigkill_during_a_burst_loses_nothing_acknowledged(
     threads = [threading.Thread(target=submitter, args=(n,)) for n in range(SUBMITTERS)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
-    while True:
-        with lock:
-            if len(acked) >= KILL_AFTER_ACKS:
-                break
+
+    def enough_acks() -> bool:
         assert not failures, failures
-        assert time.monotonic() < deadline, f"only {len(acked)} acks in 30 s:\n{cp.logs()}"
-        time.sleep(0.01)
+        with lock:
+            return len(acked) >= KILL_AFTER_ACKS
+
+    wait_until(
+        f"{KILL_AFTER_ACKS} acknowledged submits",
+        enough_acks,
+        interval=0.01,
+        context=lambda: f"{len(acked)} acknowledged\n{cp.logs()}",
+    )
     cp.kill()  # mid-burst: requests are in flight
     stop.set()
     for t in threads:
@@ -121,7 +112,7 @@ def test_sigkill_during_a_burst_loses_nothing_acknowledged(
         )
         assert r.status_code == 200 and r.json()["id"] == some_id
 
-        events = _events(c)
+        events = read_events(c, auth(ADMIN))
         ids = [e["event_id"] for e in events]
         assert len(ids) == len(set(ids)), "an event was stored twice"
         seqs = [e["seq"] for e in events]

@@ -1,8 +1,9 @@
 """A scripted control plane for agent tests, served through ``httpx.MockTransport``.
 
 It implements the node routes of API.md with just enough state to judge an agent: join
-token, node tokens, a queue of units, claims with tokens, long-polls that really wait,
-idempotent reports, 409 ``stale_claim`` for revoked claims. Faults are scripted per route:
+token, node tokens, a queue of units, claims with tokens, long-polls that really wait (and
+count whether each was answered or dropped by the agent while held), idempotent reports,
+409 ``stale_claim`` for revoked claims. Faults are scripted per route:
 ``fake.script("poll", 503, httpx.ConnectError("down"), ...)`` makes the next requests to that
 route fail in that order (an int is a status, an exception is raised by the transport).
 """
@@ -84,6 +85,8 @@ class FakeControlPlane:
     failures: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     invocations: dict[str, dict[str, Any]] = field(default_factory=dict)
     stale_reports: list[tuple[str, str]] = field(default_factory=list)
+    answered_polls: int = 0  # polls that got their reply
+    cut_polls: int = 0  # polls the agent dropped while they were held (cancelled)
 
     def __post_init__(self) -> None:
         self.pending: deque[dict[str, Any]] = deque()
@@ -272,6 +275,15 @@ class FakeControlPlane:
 
     async def _poll(self, node_id: str, body: dict[str, Any]) -> httpx.Response:
         self.polls.append(body)
+        try:
+            reply = await self._held_poll(node_id, body)
+        except asyncio.CancelledError:
+            self.cut_polls += 1
+            raise
+        self.answered_polls += 1
+        return reply
+
+    async def _held_poll(self, node_id: str, body: dict[str, Any]) -> httpx.Response:
         if not self.pending:
             self._work.clear()
             try:

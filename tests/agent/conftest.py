@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from node_agent.settings import AgentSettings
+from tests.agent.gated_handlers import GATES, Gate
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +56,19 @@ def make_settings(tmp_path: Path) -> Callable[..., AgentSettings]:
         return AgentSettings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return build
+
+
+@pytest.fixture
+def gates() -> Iterator[Callable[[str], Gate]]:
+    """``gates(name)``: a fresh gate for the ``hold`` handler; every gate is released after
+    the test, so no handler thread outlives it by long."""
+    made: list[str] = []
+
+    def make(name: str) -> Gate:
+        GATES[name] = gate = Gate()
+        made.append(name)
+        return gate
+
+    yield make
+    for name in made:
+        GATES.pop(name).released.set()

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import logging
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -24,10 +23,21 @@ from node_agent.llm.stub import stub_completion
 from node_agent.settings import AgentSettings
 from node_agent.state import NodeState
 from tests.agent.agent_fakes import LOSE_REPLY, FakeControlPlane, problem
+from tests.agent.gated_handlers import HOLD, Gate
 
 pytestmark = pytest.mark.timeout(30)
 
 Settings = Callable[..., AgentSettings]
+Gates = Callable[[str], Gate]
+
+
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    """The agent's log records of ``event``, in order."""
+    return [r for r in caplog.records if r.getMessage() == event]
+
+
+def fields(record: logging.LogRecord) -> dict[str, object]:
+    return dict(record.krako_fields)  # type: ignore[attr-defined]
 
 
 @asynccontextmanager
@@ -135,20 +145,29 @@ def test_explicit_node_id_is_used(make_settings: Settings) -> None:
     assert request_paths(fake, "/poll") == ["/v1/nodes/node-explicit/poll"]
 
 
-def test_polls_n_exits_after_n_polls_once_held_units_finish(make_settings: Settings) -> None:
+def test_polls_n_exits_after_n_polls_once_held_units_finish(
+    make_settings: Settings, gates: Gates, caplog: pytest.LogCaptureFixture
+) -> None:
     fake = FakeControlPlane()
-    fake.submit("wu_slow", payload={"handler": "sleep", "args": {"ms": 300}})
-    settings = make_settings(polls=2, poll_wait_s=0.05)
+    gate = gates("slow")
+    fake.submit("wu_slow", payload={"handler": "hold", "args": {"gate": "slow"}})
+    settings = make_settings(polls=2, poll_wait_s=0.05, agent_handlers=[HOLD])
 
     async def scenario() -> int:
         async with running(settings, fake) as (_, task):
+            # its polls are used up while the unit still runs: it stays for the unit
+            await fake.wait_until(lambda: bool(logged(caplog, "polls_done")))
+            assert gate.entered.is_set() and not task.done()
+            gate.released.set()
             return await asyncio.wait_for(task, 5)
 
-    started = time.monotonic()
-    assert asyncio.run(scenario()) == 0
+    with caplog.at_level(logging.INFO, logger="krako.agent"):
+        assert asyncio.run(scenario()) == 0
     assert len(fake.polls) == 2
-    assert fake.completions["wu_slow"][0]["result"] == {"slept_ms": 300}
-    assert time.monotonic() - started >= 0.3
+    assert fake.completions["wu_slow"][0]["result"] == {"released": True}
+    events = [r.getMessage() for r in caplog.records]
+    assert events.index("polls_done") < events.index("completed") < events.index("stopped")
+    assert "shutdown_requested" not in events and not fake.failures  # drained, not stopped
 
 
 @pytest.mark.parametrize("overdeliver", [0, 4])
@@ -396,7 +415,7 @@ def test_outages_are_waited_out_and_nothing_is_reported_twice(
 
 @pytest.mark.parametrize("lost_during", ["poll", "report"])
 def test_rejected_node_token_makes_the_agent_register_again(
-    make_settings: Settings, lost_during: str
+    make_settings: Settings, lost_during: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # No heartbeat within the test, so the 401 is met by a poll or by a report.
     fake = FakeControlPlane(heartbeat_interval_s=300)
@@ -414,30 +433,42 @@ def test_rejected_node_token_makes_the_agent_register_again(
             await fake.wait_until(lambda: "wu_2" in fake.terminal)
             await stop(agent, task)
 
-    started = time.monotonic()
-    asyncio.run(scenario())
-    assert time.monotonic() - started < 5
+    with caplog.at_level(logging.INFO, logger="krako.agent"):
+        asyncio.run(scenario())
     assert len(request_paths(fake, "/poll")) < 100  # no hot loop of refused polls
     expected = 3 if lost_during == "report" else 2
     assert len(fake.registrations) == expected
+    # each refusal re-registered at once, or after one short backoff step (never longer)
+    rejected = [fields(r) for r in logged(caplog, "token_rejected")]
+    assert [f["action"] for f in rejected] == ["re-registering"] * (expected - 1)
+    assert all(0 <= float(str(f["delay_s"])) <= settings.backoff_max_s for f in rejected)
     assert {r["node_id"] for r in fake.registrations[1:]} == {"node-1"}  # same node
     assert len(fake.completions["wu_1"]) == 1 and len(fake.completions["wu_2"]) == 1
     assert not fake.heartbeats
 
 
-def test_a_token_refused_again_and_again_backs_off(make_settings: Settings) -> None:
+def test_a_token_refused_again_and_again_backs_off(
+    make_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     fake = FakeControlPlane(heartbeat_interval_s=300)
     fake.script("poll", *([401] * 10_000))  # registration works, every poll is refused
     settings = make_settings(backoff_initial_s=0.02, backoff_max_s=0.1)
 
     async def scenario() -> int:
         async with running(settings, fake) as (agent, task):
-            await asyncio.sleep(1.0)
+            await fake.wait_until(lambda: len(fake.registrations) >= 6)
             return await stop(agent, task)
 
-    assert asyncio.run(scenario()) == 0
-    assert 3 <= len(fake.registrations) < 30
+    with caplog.at_level(logging.INFO, logger="krako.agent"):
+        assert asyncio.run(scenario()) == 0
     assert {r["node_id"] for r in fake.registrations[1:]} == {"node-1"}
+    # each refusal soon after a registration waits longer, doubling up to the cap (each
+    # delay drawn from [ceiling / 2, ceiling]): a backoff, not a hot loop
+    delays = [float(str(fields(r)["delay_s"])) for r in logged(caplog, "token_rejected")]
+    ceilings = [0.02, 0.04, 0.08, 0.1, 0.1]
+    assert len(delays) >= len(ceilings), delays
+    for delay, ceiling in zip(delays, ceilings, strict=False):
+        assert ceiling / 2 <= delay <= ceiling, (delays, ceilings)
 
 
 def test_stale_claim_drops_the_report_without_retrying(make_settings: Settings) -> None:
@@ -462,20 +493,18 @@ def test_revoked_unit_is_stopped_and_never_reported(make_settings: Settings) -> 
     fake.submit("wu_long", payload={"handler": "sleep", "args": {"ms": 10_000}})
     settings = make_settings()
 
-    async def scenario() -> float:
+    async def scenario() -> None:
         async with running(settings, fake) as (agent, task):
             await fake.wait_until(lambda: "wu_long" in agent.held)
             fake.revoke("wu_long")
-            started = time.monotonic()
-            await fake.wait_until(lambda: "wu_long" not in agent.held)
-            elapsed = time.monotonic() - started
+            # long before its 10 s handler could end: the revocation stopped it
+            await fake.wait_until(lambda: "wu_long" not in agent.held, timeout=5)
             assert agent.stats["revoked"] == 1
             fake.submit("wu_next")  # the slot is free again
             await fake.wait_until(lambda: "wu_next" in fake.terminal)
             await stop(agent, task)
-            return elapsed
 
-    assert asyncio.run(scenario()) < 2.0
+    asyncio.run(scenario())
     assert "wu_long" not in fake.terminal
     assert not [
         p for p in request_paths(fake, "/complete") + request_paths(fake, "/fail") if "wu_long" in p
@@ -495,8 +524,7 @@ def test_a_newer_attempt_of_a_held_unit_supersedes_the_old_one(make_settings: Se
             await fake.wait_until(lambda: "wu_1" in agent.held)
             fake.submit("wu_1", payload={"handler": "sleep", "args": {"ms": 50}}, attempt=2)
             await fake.wait_until(lambda: "wu_1" in fake.terminal)
-            await asyncio.sleep(0.1)
-            assert agent.held == []
+            await fake.wait_until(lambda: agent.held == [])  # the stale attempt stopped too
             await stop(agent, task)
 
     asyncio.run(scenario())
@@ -533,23 +561,29 @@ def test_stop_while_the_control_plane_is_down_exits_promptly(make_settings: Sett
 # --------------------------------------------------------------------------- shutdown
 
 
-def test_stop_lets_running_units_finish_within_the_grace_period(make_settings: Settings) -> None:
+def test_stop_lets_running_units_finish_within_the_grace_period(
+    make_settings: Settings, gates: Gates
+) -> None:
     fake = FakeControlPlane()
-    fake.submit("wu_slow", payload={"handler": "sleep", "args": {"ms": 300}})
-    settings = make_settings(shutdown_grace_s=5.0, poll_wait_s=5.0)
+    gate = gates("slow")
+    fake.submit("wu_slow", payload={"handler": "hold", "args": {"gate": "slow"}})
+    settings = make_settings(shutdown_grace_s=5.0, poll_wait_s=5.0, agent_handlers=[HOLD])
 
     async def scenario() -> int:
         async with running(settings, fake) as (agent, task):
-            await fake.wait_until(lambda: "wu_slow" in agent.held)
-            polls_before = len(fake.polls)
-            code = await stop(agent, task)  # also cuts the 5 s long-poll short
-            assert len(fake.polls) == polls_before
+            # the unit runs, and the next poll is held, idle, in its 5 s wait
+            await fake.wait_until(lambda: gate.entered.is_set() and len(fake.polls) == 2)
+            agent.request_stop("test")
+            await fake.wait_until(lambda: fake.cut_polls == 1)  # the stop dropped that poll
+            assert not task.done()  # and waits for the running unit
+            gate.released.set()
+            code = await asyncio.wait_for(task, 10)
+            assert len(fake.polls) == 2  # no poll after the stop
             return code
 
-    started = time.monotonic()
     assert asyncio.run(scenario()) == 0
-    assert time.monotonic() - started < 3.0
-    assert fake.completions["wu_slow"][0]["result"] == {"slept_ms": 300}
+    assert fake.answered_polls == 1
+    assert fake.completions["wu_slow"][0]["result"] == {"released": True}
 
 
 def test_a_claim_granted_as_the_stop_arrives_is_run_not_lost(make_settings: Settings) -> None:
@@ -573,38 +607,32 @@ def test_a_stop_drops_an_idle_poll_quickly(make_settings: Settings) -> None:
     fake = FakeControlPlane()
     settings = make_settings(poll_wait_s=20.0)
 
-    async def scenario() -> float:
+    async def scenario() -> None:
         async with running(settings, fake) as (agent, task):
             await fake.wait_until(lambda: bool(fake.polls))
-            started = time.monotonic()
             assert await stop(agent, task) == 0
-            return time.monotonic() - started
 
-    assert asyncio.run(scenario()) < 2.0
+    asyncio.run(scenario())
+    # dropped while held, not waited out: the fake never answered it
+    assert (len(fake.polls), fake.cut_polls, fake.answered_polls) == (1, 1, 0)
 
 
 def test_units_past_the_grace_period_are_failed_as_retryable(
-    make_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_settings: Settings, gates: Gates
 ) -> None:
-    # A handler that ignores cancellation: the agent must not wait for it.
-    (tmp_path / "stubborn_handlers.py").write_text(
-        "import time\ndef stubborn(args):\n    time.sleep(3)\n    return {}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    # A handler that ignores cancellation (``hold``): the agent must not wait for it.
     fake = FakeControlPlane()
-    fake.submit("wu_stubborn", payload={"handler": "stubborn"})
-    settings = make_settings(
-        shutdown_grace_s=0.2, agent_handlers=["stubborn=stubborn_handlers:stubborn"]
-    )
+    gate = gates("stubborn")
+    fake.submit("wu_stubborn", payload={"handler": "hold", "args": {"gate": "stubborn"}})
+    settings = make_settings(shutdown_grace_s=0.2, agent_handlers=[HOLD])
 
     async def scenario() -> int:
         async with running(settings, fake) as (agent, task):
-            await fake.wait_until(lambda: "wu_stubborn" in agent.held)
+            await fake.wait_until(lambda: gate.entered.is_set())
             return await stop(agent, task)
 
-    started = time.monotonic()
     assert asyncio.run(scenario()) == 0
-    assert time.monotonic() - started < 2.0
+    assert not gate.returned.is_set()  # the agent is done while its handler still runs
     failure = fake.failures["wu_stubborn"][0]
     assert failure["retryable"] is True and failure["error"]["code"] == "agent_shutdown"
 

@@ -4,13 +4,10 @@ HTTP (uvicorn in a thread): JSON logs, SIGTERM with a unit running, ``--polls``,
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +17,10 @@ import pytest
 import uvicorn
 
 from tests.agent.agent_fakes import FakeControlPlane
-from tests.agent.test_openai_server import free_port
+from tests.support.ports import free_port
+from tests.support.processes import AgentProcess
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -76,19 +74,14 @@ class ServedControlPlane:
             target=self.loop.run_until_complete, args=(self.server.serve(),), daemon=True
         )
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "fake control plane did not start"
-            time.sleep(0.02)
+        wait_until("the fake control plane serving", lambda: self.server.started, interval=0.02)
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.loop.call_soon_threadsafe(lambda: fn(*args, **kwargs))
 
-    def wait(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, "timed out waiting"
-            time.sleep(0.02)
+    def wait(self, what: str, predicate: Callable[[], bool], agent: AgentProcess) -> None:
+        """Until ``predicate()`` holds of the fake's state; the agent's log on a timeout."""
+        wait_until(what, predicate, interval=0.02, context=agent.logs)
 
     def close(self) -> None:
         self.server.should_exit = True
@@ -102,36 +95,15 @@ def served() -> Iterator[ServedControlPlane]:
     cp.close()
 
 
-def spawn(cp: ServedControlPlane, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KRAKO_", "OPENAI_"))}
-    env["KRAKO_NODE_JOIN_TOKEN"] = "join-secret"  # from the environment, flags for the rest
-    env["PYTHONPATH"] = str(tmp_path)  # for --handler modules written by a test
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "node_agent",
-            "--control-plane",
-            cp.url,
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--log-format",
-            "json",
-            "--backoff-initial",
-            "0.05",
-            "--backoff-max",
-            "0.2",
-            *extra,
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def log_lines(stderr: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stderr.decode().splitlines() if line.strip()]
+def spawn(cp: ServedControlPlane, tmp_path: Path, *extra: str) -> AgentProcess:
+    return AgentProcess(
+        workdir=tmp_path,
+        control_plane_url=cp.url,
+        state_dir=tmp_path / "state",
+        env={"KRAKO_NODE_JOIN_TOKEN": "join-secret"},  # from the environment, flags for the rest
+        pythonpath=[tmp_path],  # for --handler modules written by a test
+        args=["--log-format", "json", "--backoff-initial", "0.05", "--backoff-max", "0.2", *extra],
+    ).start()
 
 
 def test_sigterm_lets_the_running_unit_finish_then_exits_0(
@@ -144,20 +116,16 @@ def test_sigterm_lets_the_running_unit_finish_then_exits_0(
             f"wu_{i}",
             payload={"handler": "sha256", "args": {"data": "x", "rounds": 10}},
         )
-    proc = spawn(served, tmp_path, "--poll-wait", "5", "--max-concurrency", "2")
-    try:
-        served.wait(lambda: len(fake.terminal) == 3)
+    agent = spawn(served, tmp_path, "--poll-wait", "5", "--max-concurrency", "2")
+    with agent:
+        served.wait("the first three units done", lambda: len(fake.terminal) == 3, agent)
         served.call(fake.submit, "wu_slow", payload={"handler": "sleep", "args": {"ms": 800}})
-        served.wait(lambda: "wu_slow" in fake.claims)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err.decode()
+        served.wait("wu_slow claimed", lambda: "wu_slow" in fake.claims, agent)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(15) == 0, agent.logs()
     assert fake.completions["wu_slow"][0]["result"] == {"slept_ms": 800}
     assert all(len(fake.completions[f"wu_{i}"]) == 1 for i in range(3))
-    lines = log_lines(err)
+    lines = agent.json_lines()
     events = [line["event"] for line in lines]
     for expected in ("registered", "claimed", "completed", "shutdown_requested", "stopped"):
         assert expected in events
@@ -169,26 +137,25 @@ def test_sigterm_lets_the_running_unit_finish_then_exits_0(
 def test_sigterm_does_not_wait_for_a_handler_that_ignores_cancellation(
     served: ServedControlPlane, tmp_path: Path
 ) -> None:
+    # the handler says when it runs, then outlives the wait below by far
     (tmp_path / "stubborn.py").write_text(
-        "import time\ndef run(args):\n    time.sleep(60)\n    return {}\n"
+        "import pathlib, time\n"
+        "def run(args):\n"
+        "    pathlib.Path('stubborn-started').touch()\n"
+        "    time.sleep(60)\n"
+        "    return {}\n"
     )
     fake = served.fake
     served.call(fake.submit, "wu_stuck", payload={"handler": "stubborn"})
-    proc = spawn(served, tmp_path, "--handler", "stubborn=stubborn:run", "--grace-period", "0.3")
-    try:
-        served.wait(lambda: "wu_stuck" in fake.claims)
-        time.sleep(0.2)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err.decode()
-    assert time.monotonic() - started < 5
+    agent = spawn(served, tmp_path, "--handler", "stubborn=stubborn:run", "--grace-period", "0.3")
+    with agent:
+        served.wait("the handler running", (tmp_path / "stubborn-started").exists, agent)
+        agent.send_signal(signal.SIGTERM)
+        # exits while its handler still sleeps: it did not wait for it
+        assert agent.wait(20) == 0, agent.logs()
     failure = fake.failures["wu_stuck"][0]
     assert failure["retryable"] is True and failure["error"]["code"] == "agent_shutdown"
-    events = [line["event"] for line in log_lines(err)]
+    events = [line["event"] for line in agent.json_lines()]
     assert "shutdown_grace_expired" in events and "exit_abandoning_handler_threads" in events
 
 
@@ -196,45 +163,36 @@ def test_polls_flag_exits_by_itself_and_keeps_the_node_id(
     served: ServedControlPlane, tmp_path: Path
 ) -> None:
     for _ in range(2):
-        proc = spawn(served, tmp_path, "--polls", "2", "--poll-wait", "0.1")
-        _, err = proc.communicate(timeout=20)
-        assert proc.returncode == 0, err.decode()
+        with spawn(served, tmp_path, "--polls", "2", "--poll-wait", "0.1") as agent:
+            assert agent.wait(20) == 0, agent.logs()
     fake = served.fake
     assert [r["node_id"] for r in fake.registrations] == [None, "node-1"]
     assert len(fake.polls) == 4
 
 
 def test_waits_for_a_control_plane_that_is_not_up_yet(tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KRAKO_", "OPENAI_"))}
-    env.update(
-        {
-            "KRAKO_CONTROL_PLANE_URL": f"http://127.0.0.1:{port}",
+    waiting = "event=waiting_for_control_plane op=register"  # key=value by default
+    agent = AgentProcess(  # configured by its environment alone
+        workdir=tmp_path,
+        env={
+            "KRAKO_CONTROL_PLANE_URL": f"http://127.0.0.1:{free_port()}",
             "KRAKO_NODE_JOIN_TOKEN": "join-secret",
             "KRAKO_BACKOFF_INITIAL_S": "0.05",
             "KRAKO_BACKOFF_MAX_S": "0.1",
             "KRAKO_AGENT_STATE_DIR": str(tmp_path / "s"),
-        }
+        },
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node_agent"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        time.sleep(1.5)
-        assert proc.poll() is None  # still alive, waiting
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0
-    text = err.decode()
-    assert "event=waiting_for_control_plane op=register" in text  # key=value by default
-    assert "event=shutdown_requested" in text
+    with agent.start():
+        # refused again and again, and still there: it keeps waiting
+        wait_until(
+            "a third attempt to register",
+            lambda: agent.output().count(waiting) >= 3,
+            context=agent.logs,
+        )
+        agent.check_running()
+        agent.send_signal(signal.SIGINT)
+        assert agent.wait(10) == 0, agent.logs()
+    assert "event=shutdown_requested" in agent.output()
 
 
 def test_console_script_help() -> None:

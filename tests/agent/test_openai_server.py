@@ -4,10 +4,7 @@ by the real SDK (its default httpx2 transport) through ``KRAKO_OPENAI_BASE_URL``
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,54 +20,22 @@ from node_agent.llm import build_llm_client
 from node_agent.llm.base import LlmRequest, LlmResponse
 from node_agent.settings import AgentSettings
 from tests.agent.agent_fakes import FakeControlPlane
+from tests.support.ports import free_port
+from tests.support.processes import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def llm_server() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.agent.openai_compat_server:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = ServerProcess(
+        workdir=tmp_path_factory.mktemp("llm"),
+        name="openai-compat-server",
+        argv=[sys.executable, "-m", "uvicorn", "tests.agent.openai_compat_server:app"],
+        ready_path="/health",
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"LLM server did not start: {out}")
-            time.sleep(0.05)
-        yield f"{base}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with server.start():
+        yield f"{server.url}/v1"
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from tests.api.conftest import Api, auth
+from tests.support.waiting import wait_until
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 NDJSON = "application/x-ndjson"
@@ -35,12 +36,20 @@ def token_usd(
 def claim_all(api: Api, node_id: str, nh: dict[str, str], want: int) -> dict[str, str]:
     """Poll with claim until ``want`` units are claimed; unit id -> claim token."""
     tokens: dict[str, str] = {}
-    for _ in range(50):
+
+    def claimed() -> bool:
         for c in api.poll(node_id, nh, max_units=100)["claims"]:
             tokens[c["work_unit"]["id"]] = c["claim_token"]
-        if len(tokens) >= want:
-            return tokens
-    raise AssertionError(f"claimed {len(tokens)} of {want}")
+        return len(tokens) >= want
+
+    wait_until(
+        f"{want} units claimed",
+        claimed,
+        10,
+        interval=0.02,
+        context=lambda: f"claimed {len(tokens)}",
+    )
+    return tokens
 
 
 def invocation_body(

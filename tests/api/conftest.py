@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from control_plane.app import create_app
 from control_plane.services import Services
 from control_plane.settings import Settings
+from tests.support.events import Event, read_events, wait_for_event
 
 ADMIN = "admin-token-for-tests-0123456789"
 JOIN = "join-token-for-tests-0123456789"
@@ -113,13 +114,14 @@ class Api:
         assert r.status_code == 200, r.text
         return dict(r.json())
 
-    def events(self, type_: str | None = None) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": 1000}
-        if type_:
-            params["type"] = type_
-        r = self.client.get("/v1/events", params=params, headers=auth(ADMIN))
-        assert r.status_code == 200, r.text
-        return list(r.json()["events"])
+    def events(self, type_: str | None = None, stream_id: str | None = None) -> list[Event]:
+        """Every event of the log (of ``type_``, about ``stream_id``), in order, as the
+        admin sees them."""
+        return read_events(self.client, auth(ADMIN), type_, stream_id=stream_id)
+
+    def wait_for_event(self, type_: str, stream_id: str | None = None) -> Event:
+        """The latest ``type_`` event (about ``stream_id``), once the log has one."""
+        return wait_for_event(self.client, auth(ADMIN), type_, stream_id=stream_id)
 
 
 @pytest.fixture
@@ -166,23 +168,7 @@ def assert_problem(
     return body
 
 
-def all_events(api: Api) -> list[dict[str, Any]]:
-    """Every event of the log, in order (admin view, paged with ``after``)."""
-    out: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        r = api.client.get(
-            "/v1/events", params={"after": after, "limit": 1000}, headers=auth(ADMIN)
-        )
-        assert r.status_code == 200, r.text
-        page = r.json()
-        out.extend(page["events"])
-        if not page["events"]:
-            return out
-        after = page["last_seq"]
-
-
 @pytest.fixture
 def log_size(api: Api) -> Callable[[], int]:
     """How many events the log holds now (for 'appends nothing' checks)."""
-    return lambda: len(all_events(api))
+    return lambda: len(api.events())

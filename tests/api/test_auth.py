@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.api.conftest import ADMIN, JOIN, Api, all_events, assert_problem, auth
+from tests.api.conftest import ADMIN, JOIN, Api, assert_problem, auth
 
 # (method, path template, json body) of every authenticated route; {unit} and {node} are
 # filled with a real unit and node so that only the caller's identity decides the answer.
@@ -106,13 +106,13 @@ def test_no_or_unknown_token_is_401_everywhere(api: Api) -> None:
     tenant_id, tenant = api.tenant()
     unit = api.submit(tenant)["id"]
     api.node("node-a")
-    before = len(all_events(api))
+    before = len(api.events())
     for headers in BAD_HEADERS:
         for method, template, body in ROUTES:
             r = _call(api, method, template, body, headers, unit=unit, tenant=tenant_id)
             problem = assert_problem(r, 401, "unauthorized")
             assert problem["detail"], (method, template)
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
 
 
 def test_wrong_role_is_403(api: Api) -> None:
@@ -120,7 +120,7 @@ def test_wrong_role_is_403(api: Api) -> None:
     node = api.node("node-a")
     unit = api.submit(tenant)["id"]
     callers = {"admin": auth(ADMIN), "tenant": tenant, "node": node, "join": auth(JOIN)}
-    before = len(all_events(api))
+    before = len(api.events())
     checked = 0
     for method, template, body in ROUTES:
         allowed = ALLOWED[(method, template)]
@@ -131,7 +131,7 @@ def test_wrong_role_is_403(api: Api) -> None:
             assert_problem(r, 403, "forbidden", where=(role, method, template))
             checked += 1
     assert checked > 40
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
     # and nothing was done on the way: the unit is untouched
     r = api.client.get(f"/v1/workunits/{unit}", headers=tenant)
     assert r.json()["status"] == "scheduled"
@@ -160,7 +160,7 @@ def test_join_token_only_registers_nodes(api: Api) -> None:
 def test_node_token_on_another_nodes_path_is_403(api: Api) -> None:
     a = api.node("node-a")
     api.node("node-b")
-    before = len(all_events(api))
+    before = len(api.events())
     for action, body in [
         ("heartbeat", {"running": []}),
         ("poll", {"wait_s": 0}),
@@ -171,7 +171,7 @@ def test_node_token_on_another_nodes_path_is_403(api: Api) -> None:
         # even for a node that does not exist: the token decides first
         r = api.client.post(f"/v1/nodes/node-zzz/{action}", json=body, headers=a)
         assert_problem(r, 403, "forbidden")
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
 
 
 def test_node_reports_on_a_unit_it_does_not_hold_are_stale(api: Api) -> None:
@@ -180,7 +180,7 @@ def test_node_reports_on_a_unit_it_does_not_hold_are_stale(api: Api) -> None:
     unit = api.submit(tenant)
     [claim] = api.poll("node-a", a)["claims"]
     b = api.node("node-b")
-    before = len(all_events(api))
+    before = len(api.events())
     token = claim["claim_token"]
     for action, body in [
         ("complete", {"claim_token": token, "result": 1}),
@@ -188,7 +188,7 @@ def test_node_reports_on_a_unit_it_does_not_hold_are_stale(api: Api) -> None:
     ]:
         r = api.client.post(f"/v1/workunits/{unit['id']}/{action}", json=body, headers=b)
         assert_problem(r, 409, "stale_claim")
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
 
 
 def test_reregistration_retires_the_old_node_token(api: Api) -> None:
@@ -216,7 +216,7 @@ def test_another_tenants_unit_is_indistinguishable_from_missing(api: Api) -> Non
     theirs = api.submit(b, execution_session_id="shared-session")
     mine = api.submit(a, execution_session_id="shared-session")
     missing = "wu_" + "0" * 26
-    before = len(all_events(api))
+    before = len(api.events())
 
     for method, suffix in [("GET", ""), ("GET", "/events"), ("POST", "/cancel")]:
         r_theirs = api.client.request(method, f"/v1/workunits/{theirs['id']}{suffix}", headers=a)
@@ -259,7 +259,7 @@ def test_another_tenants_unit_is_indistinguishable_from_missing(api: Api) -> Non
     assert all(e["tenant_id"] != b_id for e in r.json()["entries"])
 
     # cancelling was refused and changed nothing
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
     r = api.client.get(f"/v1/workunits/{theirs['id']}", headers=b)
     assert r.status_code == 200 and r.json()["status"] == "queued"
     # the admin sees both

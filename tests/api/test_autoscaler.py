@@ -22,8 +22,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from control_plane.capacity.autoscaler import (
 from control_plane.db.engine import Database
 from control_plane.db.uow import read_connection, write_transaction
 from tests.api.conftest import Api, assert_problem, make_settings
+from tests.support.waiting import wait_until
 
 FAST: dict[str, Any] = {  # the autoscaler group, with short timings
     "interval_s": 0.1,
@@ -61,17 +62,6 @@ MODE_CHANGED = "capacity.admission.mode.changed"
 SCALE_REQUESTED = "capacity.scale.requested"
 
 
-def wait_for(what: str, pred: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def capacity(api: Api) -> dict[str, Any]:
     r = api.client.get("/v1/capacity", headers=api.admin())
     assert r.status_code == 200, r.text
@@ -80,6 +70,28 @@ def capacity(api: Api) -> dict[str, Any]:
 
 def mode_is(api: Api, mode: str) -> Callable[[], bool]:
     return lambda: capacity(api)["mode"] == mode
+
+
+def _instant(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def last_tick(api: Api) -> datetime:
+    """When the leader last decided, by the control plane's clock."""
+    decision = wait_until("a decision of the autoscaler", lambda: capacity(api)["last_decision"])
+    return _instant(decision["tick_at"])
+
+
+def ticked_for(api: Api, seconds: float) -> Callable[[], bool]:
+    """A predicate: has the leader ticked ``seconds`` (of its own clock) past its last tick
+    now? Unlike a sleep, it shows that the ticks in between really ran."""
+    since = last_tick(api)
+    return lambda: last_tick(api) >= since + timedelta(seconds=seconds)
+
+
+def tick_through(api: Api, seconds: float) -> None:
+    """Wait until the leader has been ticking for ``seconds`` of its clock from now."""
+    wait_until(f"{seconds} s of autoscaler ticks", ticked_for(api, seconds))
 
 
 def service(api: Api) -> AutoscalerService:
@@ -95,14 +107,10 @@ def lease_holder(api: Api) -> str | None:
 def drain(api: Api, node_id: str, node: dict[str, str], expected: int, timeout: float = 20) -> int:
     """Claim and complete as the node until ``expected`` units are done; returns how many."""
     done = 0
-    deadline = time.monotonic() + timeout
-    while done < expected:
-        assert time.monotonic() < deadline, f"drained only {done} of {expected}"
-        claims = api.poll(node_id, node, claim=True, max_units=10)["claims"]
-        if not claims:
-            time.sleep(0.02)
-            continue
-        for c in claims:
+
+    def drained() -> bool:
+        nonlocal done
+        for c in api.poll(node_id, node, claim=True, max_units=10)["claims"]:
             r = api.client.post(
                 f"/v1/workunits/{c['work_unit']['id']}/complete",
                 json={"claim_token": c["claim_token"], "cpu_ms": 1},
@@ -110,6 +118,15 @@ def drain(api: Api, node_id: str, node: dict[str, str], expected: int, timeout: 
             )
             assert r.status_code == 200, r.text
             done += 1
+        return done >= expected
+
+    wait_until(
+        f"{expected} units drained",
+        drained,
+        timeout,
+        interval=0.02,
+        context=lambda: f"drained only {done}",
+    )
     return done
 
 
@@ -127,10 +144,10 @@ def test_pressure_ramp_climbs_the_ladder_and_comes_back(make_api: Callable[..., 
 
     for _ in range(6):  # one fills the only slot, five wait: 5 per slot >= 4
         api.submit(tenant)
-    wait_for("THROTTLED", mode_is(api, "THROTTLED"))
+    wait_until("THROTTLED", mode_is(api, "THROTTLED"))
     for _ in range(14):  # 19 p1 units per slot >= 16
         api.submit(tenant)
-    wait_for("CRITICAL", mode_is(api, "CRITICAL"))
+    wait_until("CRITICAL", mode_is(api, "CRITICAL"))
 
     report = capacity(api)
     assert report["queue_depth"]["p1"] >= 16
@@ -171,17 +188,17 @@ def test_pressure_ramp_climbs_the_ladder_and_comes_back(make_api: Callable[..., 
     assert capacity(api)["desired_nodes"] == scale[-1]["payload"]["to"]
 
     drain(api, "n1", node, expected=21)
-    wait_for("OPEN", mode_is(api, "OPEN"))
+    wait_until("OPEN", mode_is(api, "OPEN"))
     path = transitions(api)
     assert all(source == "autoscaler" for _, _, source in path)
     assert all(a[1] == b[0] for a, b in itertools.pairwise(path)), path
     assert path[-1][1] == "OPEN"
     # held p1 work may refill the slot once THROTTLED lets it through; never more than that
     assert len(path) <= 8, path
-    time.sleep(0.5)
+    tick_through(api, 0.5)
     assert transitions(api) == path  # settled: idle and empty changes nothing more
     # a scale-down followed once the recommendation stayed low for the window
-    wait_for("scale down", lambda: capacity(api)["desired_nodes"] == 0, timeout=5)
+    wait_until("scale down", lambda: capacity(api)["desired_nodes"] == 0, timeout=5)
 
 
 def test_noise_between_the_thresholds_changes_nothing(make_api: Callable[..., Api]) -> None:
@@ -190,15 +207,15 @@ def test_noise_between_the_thresholds_changes_nothing(make_api: Callable[..., Ap
     node = api.node("n1", max_concurrency=1)
     for _ in range(6):
         api.submit(tenant)
-    wait_for("THROTTLED", mode_is(api, "THROTTLED"))
+    wait_until("THROTTLED", mode_is(api, "THROTTLED"))
     before = transitions(api)
 
     # Keep the slot busy and 2-3 units queued (between THROTTLED's down threshold, 1 per
-    # slot, and CRITICAL's up threshold, 16) for ~1.5 s: a dozen ticks, five holds.
+    # slot, and CRITICAL's up threshold, 16) for 1.5 s of ticks: a dozen ticks, five holds.
     held = api.poll("n1", node, claim=True)["claims"]
     queued = 5
-    end = time.monotonic() + 1.5
-    while time.monotonic() < end:
+    noisy_enough = ticked_for(api, 1.5)
+    while not noisy_enough():
         if queued > 2:
             (c,) = held
             r = api.client.post(
@@ -207,12 +224,11 @@ def test_noise_between_the_thresholds_changes_nothing(make_api: Callable[..., Ap
                 headers=node,
             )
             assert r.status_code == 200, r.text
-            held = wait_for("next claim", lambda: api.poll("n1", node, claim=True)["claims"])
+            held = wait_until("next claim", lambda: api.poll("n1", node, claim=True)["claims"])
             queued -= 1
         else:
             api.submit(tenant)
             queued += 1
-        time.sleep(0.03)
     assert transitions(api) == before, [e["payload"] for e in api.events(MODE_CHANGED)]
     assert capacity(api)["mode"] == "THROTTLED"
 
@@ -224,8 +240,8 @@ def test_manual_override_holds_until_deleted_or_expired(make_api: Callable[..., 
         "/v1/capacity/mode", json={"mode": "CRITICAL", "reason": "ops"}, headers=admin
     )
     assert r.status_code == 200, r.text
-    # idle: without the override the autoscaler would step down after 0.3 s
-    time.sleep(0.8)
+    # idle: without the override the autoscaler would step down after 0.3 s of ticks
+    tick_through(api, 0.8)
     assert capacity(api)["mode"] == "CRITICAL"
     assert capacity(api)["last_decision"]["override_active"] is True
     assert transitions(api) == [("OPEN", "CRITICAL", "manual")]
@@ -237,7 +253,7 @@ def test_manual_override_holds_until_deleted_or_expired(make_api: Callable[..., 
     assert len(api.events(MODE_CHANGED)) == 1  # the mode in force: no event
 
     assert api.client.delete("/v1/capacity/mode", headers=admin).status_code == 204
-    wait_for("OPEN", mode_is(api, "OPEN"), timeout=5)
+    wait_until("OPEN", mode_is(api, "OPEN"), timeout=5)
     assert transitions(api) == [
         ("OPEN", "CRITICAL", "manual"),
         ("CRITICAL", "THROTTLED", "autoscaler"),
@@ -251,28 +267,26 @@ def test_manual_override_holds_until_deleted_or_expired(make_api: Callable[..., 
         headers=admin,
     )
     assert r.status_code == 200
-    set_at = time.monotonic()
-    time.sleep(0.3)
-    mode = capacity(api)["mode"]
-    if time.monotonic() - set_at < 0.55:  # a slow machine may have reached the ttl already
-        assert mode == "THROTTLED"
-    wait_for("OPEN after the ttl", mode_is(api, "OPEN"), timeout=5)
-    log = [
-        (e["type"], e["payload"].get("reason"))
-        for e in api.events()
-        if e["type"] in (MODE_CHANGED, "capacity.override.cleared")
+    wait_until("OPEN after the ttl", mode_is(api, "OPEN"), timeout=5)
+    overrides = [
+        e for e in api.events() if e["type"] in (MODE_CHANGED, "capacity.override.cleared")
     ]
+    log = [(e["type"], e["payload"].get("reason")) for e in overrides]
+    # held to the end of its ttl (nothing between), then the autoscaler decided again
     assert log[-3:] == [
         (MODE_CHANGED, "maintenance"),
         ("capacity.override.cleared", "override ttl expired"),
         (MODE_CHANGED, log[-1][1]),
     ]
     assert transitions(api)[-1] == ("THROTTLED", "OPEN", "autoscaler")
+    set_event, cleared = overrides[-3], overrides[-2]
+    held_for = _instant(cleared["recorded_at"]) - _instant(set_event["recorded_at"])
+    assert held_for >= timedelta(seconds=set_event["payload"]["ttl_s"]), held_for
 
 
 def test_one_leader_among_replicas_and_handover_on_stop(make_api: Callable[..., Api]) -> None:
     a, b = make_api(autoscaler=FAST), make_api(autoscaler=FAST)
-    first = wait_for("a leader", lambda: lease_holder(a))
+    first = wait_until("a leader", lambda: lease_holder(a))
     assert first in (service(a).holder, service(b).holder)
     lead, other = (a, b) if first == service(a).holder else (b, a)
 
@@ -280,8 +294,8 @@ def test_one_leader_among_replicas_and_handover_on_stop(make_api: Callable[..., 
     lead.node("n1", max_concurrency=1)
     for _ in range(6):
         other.submit(tenant)  # traffic on both replicas; decisions on one
-    wait_for("THROTTLED", mode_is(other, "THROTTLED"))
-    time.sleep(0.3)  # several more ticks on both replicas
+    wait_until("THROTTLED", mode_is(other, "THROTTLED"))
+    tick_through(other, 0.3)  # several more ticks on both replicas
     events = other.events(MODE_CHANGED)
     assert len(events) == 1, events  # decided once, not once per replica
     assert events[0]["payload"]["inputs"]["replica"] == first
@@ -290,8 +304,8 @@ def test_one_leader_among_replicas_and_handover_on_stop(make_api: Callable[..., 
 
     lead.client.__exit__(None, None, None)  # a clean stop releases the lease
     successor = service(other).holder
-    wait_for("the other replica to lead", lambda: lease_holder(other) == successor, timeout=5)
-    wait_for("its decisions", lambda: capacity(other)["last_decision"]["replica"] == successor)
+    wait_until("the other replica to lead", lambda: lease_holder(other) == successor, timeout=5)
+    wait_until("its decisions", lambda: capacity(other)["last_decision"]["replica"] == successor)
     assert service(other).is_leader
 
 
@@ -301,16 +315,26 @@ def test_a_dead_leader_hands_over_when_its_lease_expires(
     params = params_from_settings(make_settings(db_url, autoscaler=FAST).autoscaler)
     ghost = run_tick(db, params, "ghost-replica", lease_ttl_s=1.0)  # then never ticks again
     assert ghost.leader
-    started = time.monotonic()
+    with read_connection(db) as conn:
+        held = leader.holder_of(conn, LEASE_NAME)
+    assert held is not None and held[0] == "ghost-replica"
+    ghost_until_us = held[1]
+    outcomes = [run_tick(db, params, "another-replica", lease_ttl_s=1.0)]
     api = make_api(autoscaler=FAST)
-    time.sleep(0.4)
-    if time.monotonic() - started < 0.9:
-        assert lease_holder(api) == "ghost-replica"
-        assert not service(api).is_leader
     mine = service(api).holder
-    wait_for("takeover", lambda: lease_holder(api) == mine, timeout=5)
-    assert time.monotonic() - started >= 0.8  # not before the ghost's lease ran out
-    wait_for("its decisions", lambda: capacity(api)["last_decision"]["replica"] == mine)
+
+    def took_over() -> bool:
+        outcome = service(api).tick()  # a tick of its own, beside the loop's
+        assert outcome is not None
+        outcomes.append(outcome)
+        return outcome.leader
+
+    wait_until("takeover", took_over, timeout=5)
+    assert lease_holder(api) == mine
+    # each tick judged the ghost's lease by the database's clock: refused while it was live,
+    # leading once it had run out, never before
+    assert [o.leader for o in outcomes] == [o.now_us >= ghost_until_us for o in outcomes]
+    wait_until("its decisions", lambda: capacity(api)["last_decision"]["replica"] == mine)
 
 
 # --------------------------------------------------------------------------- webhook
@@ -361,7 +385,7 @@ def test_webhook_signs_the_scale_request_and_retries_after_a_500(
     for _ in range(3):
         api.submit(tenant)
     received: list[tuple[dict[str, str], bytes]] = receiver.received  # type: ignore[attr-defined]
-    wait_for("a delivery after the 500", lambda: len(received) >= 2)
+    wait_until("a delivery after the 500", lambda: len(received) >= 2)
 
     [event] = api.events(SCALE_REQUESTED)[:1]
     first, second = received[0], received[1]
@@ -461,8 +485,8 @@ def test_the_lease_is_exclusive_until_it_expires(db: Database) -> None:
 
     assert take("a") and not take("b")
     assert take("a", 0.2)  # renewed (for a short while)
-    time.sleep(0.25)
-    assert take("b") and not take("a")  # expired: b takes it, a is refused
+    wait_until("a's renewal to run out: b takes the lease", lambda: take("b"))
+    assert not take("a")  # b's now: a is refused
     assert not leader.release(db, "test-lease", "a")  # not a's to give
     assert leader.release(db, "test-lease", "b")
     assert take("a", 10.0)
@@ -536,9 +560,13 @@ def test_webhook_keeps_a_failed_request_until_the_next_one(tmp_path: Path) -> No
         assert hook.flush(5) and hook.delivered == [] and calls == ["evt_1"] * 3
         hook.actuate(2, None)  # too soon to send it again
         assert hook.flush(5) and len(calls) == 3
-        time.sleep(1.05)
-        hook.actuate(2, None)  # sent again after redeliver_after_s (and fails again)
-        assert hook.flush(5) and len(calls) == 6
+
+        def sent_again() -> bool:  # once redeliver_after_s has passed (and it fails again)
+            hook.actuate(2, None)
+            return hook.flush(5) and len(calls) > 3
+
+        wait_until("a redelivery", sent_again)
+        assert len(calls) == 6
         hook.actuate(4, _action("evt_2", 4))  # the next scale request supersedes it
         assert hook.flush(5) and hook.delivered == ["evt_2"]
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import ADMIN, JOIN, Api, all_events, assert_problem, auth
+from tests.api.conftest import ADMIN, JOIN, Api, assert_problem, auth
 
 JSON = {"content-type": "application/json"}
 GOOD_UNIT: dict[str, Any] = {
@@ -133,9 +133,9 @@ def unchanged(api: Api) -> Callable[[], Any]:
 
     @contextmanager
     def check() -> Iterator[None]:
-        before = all_events(api)
+        before = api.events()
         yield
-        after = all_events(api)
+        after = api.events()
         assert len(after) == len(before), [e["type"] for e in after[len(before) :]]
 
     return check
@@ -351,7 +351,7 @@ def test_llm_invocation_money_out_of_range_is_4xx(api: Api) -> None:
     node = api.node("node-a")
     unit = api.submit(tenant, kind="llm_pod", payload={"prompt": "hi"})
     [claim] = api.poll("node-a", node)["claims"]
-    before = len(all_events(api))
+    before = len(api.events())
     for cost in ["NaN", "-Infinity", 0.5, "abc", True, None]:
         r = api.client.post(
             f"/v1/workunits/{unit['id']}/llm-invocations",
@@ -365,7 +365,7 @@ def test_llm_invocation_money_out_of_range_is_4xx(api: Api) -> None:
         headers=node,
     )
     assert_problem(r, 422)
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
 
 
 def test_llm_invocation_money_beyond_decimal_precision_is_4xx(api: Api) -> None:
@@ -461,7 +461,7 @@ def test_cursor_of_another_list_or_tenant_is_invalid(api: Api) -> None:
 def test_body_over_the_limit_is_413(make_api: Callable[..., Api]) -> None:
     api = make_api(api={"max_body_bytes": 4096})
     _, tenant = api.tenant()
-    before = len(all_events(api))
+    before = len(api.events())
     big = json.dumps(_unit(payload={"handler": "noop", "pad": "x" * 8000})).encode()
 
     def chunks() -> Iterator[bytes]:
@@ -477,7 +477,7 @@ def test_body_over_the_limit_is_413(make_api: Callable[..., Api]) -> None:
     assert_problem(r, 413, "payload_too_large")
     # no token at all: still 413 (the limit is checked before anything reads the body)
     assert_problem(api.client.post("/v1/workunits", content=big, headers=JSON), 413)
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
     # just under the limit is fine
     small = json.dumps(_unit(payload={"handler": "noop", "pad": "x" * 3000})).encode()
     assert len(small) < 4096
@@ -487,10 +487,10 @@ def test_body_over_the_limit_is_413(make_api: Callable[..., Api]) -> None:
 
 def test_batch_over_1000_units_is_422_and_stores_nothing(api: Api) -> None:
     _, tenant = api.tenant()
-    before = len(all_events(api))
+    before = len(api.events())
     r = api.client.post("/v1/workunits/batch", json={"units": [GOOD_UNIT] * 1001}, headers=tenant)
     assert_problem(r, 422)
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
     r = api.client.post("/v1/workunits/batch", json={"units": [GOOD_UNIT] * 1000}, headers=tenant)
     assert r.status_code == 200, r.text
     assert [x["status"] for x in r.json()["results"]] == [201] * 1000
@@ -502,7 +502,7 @@ def test_batch_with_good_and_bad_items(api: Api) -> None:
     earlier = api.client.post(
         "/v1/workunits", json=GOOD_UNIT, headers={**tenant, "Idempotency-Key": "k-old"}
     ).json()
-    before = all_events(api)
+    before = api.events()
     units: list[Any] = [
         _unit(execution_session_id="a"),  # 201
         _unit(kind="gpu"),  # 422
@@ -531,7 +531,7 @@ def test_batch_with_good_and_bad_items(api: Api) -> None:
     assert results[0]["work_unit"]["execution_session_id"] == "a"
     assert results[8]["work_unit"]["kind"] == "llm_pod"
     # exactly three new units, each submitted once
-    new = all_events(api)[len(before) :]
+    new = api.events()[len(before) :]
     submitted = [e["stream_id"] for e in new if e["type"] == "workunit.submitted"]
     assert sorted(submitted) == sorted({results[i]["work_unit"]["id"] for i in (0, 5, 8)})
 
@@ -542,7 +542,7 @@ def test_idempotency_key_replay_and_conflict(api: Api) -> None:
     key = {"Idempotency-Key": "order-42"}
     r1 = api.client.post("/v1/workunits", json=GOOD_UNIT, headers={**tenant, **key})
     assert r1.status_code == 201, r1.text
-    before = all_events(api)
+    before = api.events()
     r2 = api.client.post("/v1/workunits", json=GOOD_UNIT, headers={**tenant, **key})
     assert r2.status_code == 200, r2.text
     assert r2.json()["id"] == r1.json()["id"]
@@ -559,7 +559,7 @@ def test_idempotency_key_replay_and_conflict(api: Api) -> None:
     ]:
         r = api.client.post("/v1/workunits", json=changed, headers={**tenant, **key})
         assert_problem(r, 409, "idempotency_conflict")
-    assert len(all_events(api)) == len(before)
+    assert len(api.events()) == len(before)
     # keys are scoped to the tenant
     r = api.client.post("/v1/workunits", json=GOOD_UNIT, headers={**other, **key})
     assert r.status_code == 201
@@ -593,7 +593,7 @@ def test_reports_with_a_bogus_claim_token_are_stale(api: Api) -> None:
     node = api.node("node-a")
     unit = api.submit(tenant, kind="llm_pod", payload={"prompt": "hi"})
     [claim] = api.poll("node-a", node)["claims"]
-    before = len(all_events(api))
+    before = len(api.events())
     bogus = [f"{unit['id']}.1.deadbeef", "nope", claim["claim_token"] + "0", ""]
     for token in bogus:
         for action, body in [
@@ -603,7 +603,7 @@ def test_reports_with_a_bogus_claim_token_are_stale(api: Api) -> None:
         ]:
             r = api.client.post(f"/v1/workunits/{unit['id']}/{action}", json=body, headers=node)
             assert_problem(r, 409, "stale_claim", where=(action, token))
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
     r = api.client.get(f"/v1/workunits/{unit['id']}", headers=tenant)
     assert r.json()["status"] == "claimed"
     # reports and claims on a unit that does not exist are 404
@@ -616,7 +616,7 @@ def test_reports_with_a_bogus_claim_token_are_stale(api: Api) -> None:
     ]:
         r = api.client.post(f"/v1/workunits/{missing}/{action}", json=body, headers=node)
         assert_problem(r, 404, "not_found")
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
 
 
 def test_repeated_reports_are_200_without_new_events(api: Api) -> None:
@@ -629,7 +629,7 @@ def test_repeated_reports_are_200_without_new_events(api: Api) -> None:
     r = api.client.post(f"{url}/llm-invocations", json=_invocation(token, "inv-1"), headers=node)
     assert r.status_code == 201, r.text
     first = r.json()
-    before = len(all_events(api))
+    before = len(api.events())
     r = api.client.post(f"{url}/llm-invocations", json=_invocation(token, "inv-1"), headers=node)
     assert r.status_code == 200, r.text
     assert r.json()["seq"] == first["seq"]
@@ -638,25 +638,25 @@ def test_repeated_reports_are_200_without_new_events(api: Api) -> None:
         f"{url}/llm-invocations", json=_invocation(token, "inv-1", tokens_out=99), headers=node
     )
     assert_problem(r, 409, "idempotency_conflict")
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
 
     r = api.client.post(f"{url}/complete", json={"claim_token": token, "cpu_ms": 7}, headers=node)
     assert r.status_code == 200 and r.json()["status"] == "completed"
     done = r.json()
-    before = len(all_events(api))
+    before = len(api.events())
     r = api.client.post(f"{url}/complete", json={"claim_token": token, "cpu_ms": 7}, headers=node)
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "completed" and r.json()["id"] == done["id"]
     # an invocation reported again after completion is still the same invocation
     r = api.client.post(f"{url}/llm-invocations", json=_invocation(token, "inv-1"), headers=node)
     assert r.status_code == 200, r.text
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
     # a report after the end of the claim is stale and changes nothing
     r = api.client.post(f"{url}/fail", json={"claim_token": token, "error": "late"}, headers=node)
     assert_problem(r, 409, "stale_claim")
     r = api.client.post(f"{url}/llm-invocations", json=_invocation(token, "inv-2"), headers=node)
     assert_problem(r, 409, "stale_claim")
-    kinds = [e["type"] for e in all_events(api)[before:]]
+    kinds = [e["type"] for e in api.events()[before:]]
     # the late invocation is kept as platform cost (one event), nothing else
     assert kinds in ([], ["llm.invocation.completed"])
 
@@ -675,7 +675,7 @@ def test_admission_refusal_is_429_with_retry_after_and_changes_nothing(api: Api)
     )
     assert r.status_code == 200, r.text
     assert r.json()["mode"] == "CRITICAL"
-    before = len(all_events(api))
+    before = len(api.events())
     r = api.client.post("/v1/workunits", json=_unit(priority="p1"), headers=tenant)
     assert_problem(r, 429, "admission_rejected")
     assert re.fullmatch(r"[0-9]+", r.headers["retry-after"]), r.headers
@@ -685,7 +685,7 @@ def test_admission_refusal_is_429_with_retry_after_and_changes_nothing(api: Api)
     assert r.status_code == 200
     [result] = r.json()["results"]
     assert result["status"] == 429 and result["error"]["code"] == "admission_rejected"
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
     # p0 is still admitted in CRITICAL
     r = api.client.post("/v1/workunits", json=_unit(priority="p0"), headers=tenant)
     assert r.status_code == 201, r.text

@@ -4,15 +4,10 @@ billed from, price changes, and budgets (one replica and two racing)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,19 +25,8 @@ from tests.api.billing_kit import (
     token_usd,
     wallet_total,
 )
-from tests.api.conftest import ADMIN, Api, assert_problem, auth
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _wait_for_event(api: Api, type_: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = api.events(type_)
-        if found:
-            return found[-1]
-        time.sleep(0.05)
-    raise AssertionError(f"no {type_} event within {timeout_s}s")
+from tests.api.conftest import ADMIN, JOIN, Api, assert_problem, auth
+from tests.support.processes import ControlPlaneProcess, ProcessExited
 
 
 def test_stale_claim_spend_is_platform_cost(make_api: Callable[..., Api]) -> None:
@@ -51,7 +35,7 @@ def test_stale_claim_spend_is_platform_cost(make_api: Callable[..., Api]) -> Non
     nh = api.node("n1", max_concurrency=8)
     unit = api.submit(th, kind="llm_pod", payload={"prompt": "hi", "model": "stub"})["id"]
     token = claim_all(api, "n1", nh, 1)[unit]
-    _wait_for_event(api, "workunit.lease_expired")
+    api.wait_for_event("workunit.lease_expired", unit)
 
     r = invoke(api.client, nh, unit, token, "late-call", 1000, 2000)
     assert_problem(r, 409, "stale_claim")
@@ -114,30 +98,23 @@ def test_tokens_billed_from_the_completion(make_api: Callable[..., Api]) -> None
     assert replay(api2.client)["identical"] is True
 
 
-def test_both_flags_on_are_refused() -> None:
+def test_both_flags_on_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="twice"):
         Settings(
             _env_file=None,  # type: ignore[call-arg]
             billing={"bill_llm_from_workunit_completed": True, "bill_llm_from_invocation": True},
         )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KRAKO_")}
-    env.update(
-        KRAKO_ADMIN_TOKEN=ADMIN,
-        KRAKO_NODE_JOIN_TOKEN="join-token-for-tests-0123456789",
-        KRAKO_BILL_LLM_FROM_WORKUNIT_COMPLETED="1",
-        KRAKO_BILL_LLM_FROM_INVOCATION="1",
+    server = ControlPlaneProcess(
+        workdir=tmp_path,
+        admin_token=ADMIN,
+        join_token=JOIN,
+        env={"KRAKO_BILL_LLM_FROM_WORKUNIT_COMPLETED": "1", "KRAKO_BILL_LLM_FROM_INVOCATION": "1"},
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "control_plane.server", "--port", "0"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode != 0
-    assert "KRAKO_BILL_LLM_FROM_WORKUNIT_COMPLETED" in proc.stderr
-    assert "twice" in proc.stderr
+    with pytest.raises(ProcessExited) as refused:
+        server.start()
+    assert refused.value.returncode != 0
+    assert "KRAKO_BILL_LLM_FROM_WORKUNIT_COMPLETED" in refused.value.log
+    assert "twice" in refused.value.log
 
 
 def test_price_change_bills_later_calls_only(make_api: Callable[..., Api]) -> None:

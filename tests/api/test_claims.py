@@ -4,37 +4,53 @@ units and nodes; DESIGN.md invariants 1 and 5), through real HTTP on both backen
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.api.conftest import ADMIN, Api, all_events, assert_problem, auth
+from control_plane.api.routes.nodes import POLL_RECHECK_S
+from shared.wire import MAX_WAIT_S
+from tests.api.conftest import ADMIN, Api, assert_problem, auth
+from tests.support.metrics import waiters
+from tests.support.waiting import wait_until
 
 
 def _events_of(api: Api, unit_id: str, type_: str | None = None) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in all_events(api)
-        if e["stream_id"] == unit_id and (type_ is None or e["type"] == type_)
-    ]
+    return api.events(type_, stream_id=unit_id)
 
 
-def _wait_for_event(api: Api, type_: str, unit_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
-    """Long-poll the log (no sleeps) until an event of ``type_`` about ``unit_id`` exists."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = _events_of(api, unit_id, type_)
-        if found:
-            return found[-1]
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no {type_} for {unit_id} within {timeout_s}s"
-        last = all_events(api)[-1]["seq"]
-        api.client.get(
-            "/v1/events",
-            params={"after": last, "wait_s": min(remaining, 2.0)},
-            headers=auth(ADMIN),
-        )
+def _instant(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+class Call(threading.Thread):
+    """An HTTP call made in a thread, so the test can act while the server holds it."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.call = call
+        self.reply: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.reply = self.call()
+        except BaseException as exc:  # raised again by result()
+            self.error = exc
+
+    def held(self, api: Api) -> Call:
+        """Start it and wait until the server holds it (a long-poll counted as a waiter)."""
+        self.start()
+        wait_until("the request held by the server", lambda: waiters(api.client) >= 1)
+        assert self.is_alive(), f"it returned without waiting: {self.reply}"
+        return self
+
+    def result(self, timeout: float) -> Any:
+        """The reply, once the call returned (within ``timeout``: a guard, see callers)."""
+        wait_until("the held request to return", lambda: not self.is_alive(), timeout)
+        if self.error is not None:
+            raise self.error
+        return self.reply
 
 
 def _claim(api: Api, unit_id: str, attempt: int, headers: dict[str, str]) -> Any:
@@ -99,7 +115,7 @@ def test_lease_expiry_requeues_then_fails_after_max_attempts(
     [first] = api.poll("node-a", node)["claims"]
     assert first["attempt"] == 1
 
-    expired = _wait_for_event(api, "workunit.lease_expired", unit["id"])
+    expired = api.wait_for_event("workunit.lease_expired", unit["id"])
     assert expired["payload"]["node_id"] == "node-a"
     assert expired["payload"]["attempt"] == 1
     r = api.client.get(f"/v1/workunits/{unit['id']}", headers=tenant)
@@ -108,7 +124,7 @@ def test_lease_expiry_requeues_then_fails_after_max_attempts(
     assert after["status"] in ("queued", "scheduled")
 
     # the old claim is fenced off: every report with it is stale and changes nothing
-    before = len(all_events(api))
+    before = len(api.events())
     token = first["claim_token"]
     r = api.client.post(
         f"/v1/workunits/{unit['id']}/complete", json={"claim_token": token}, headers=node
@@ -119,18 +135,17 @@ def test_lease_expiry_requeues_then_fails_after_max_attempts(
     )
     assert_problem(r, 409, "stale_claim")
     assert_problem(_claim(api, unit["id"], 1, node), 409)
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
 
     # attempt 2: claimed, never reported, expires -> failed (no attempts left)
-    deadline = time.monotonic() + 10
-    claims: list[dict[str, Any]] = []
-    while not claims:
-        assert time.monotonic() < deadline, "attempt 2 was never offered again"
+
+    def claimed() -> list[dict[str, Any]]:
         r = api.client.post(
             "/v1/nodes/node-a/poll", json={"wait_s": 2, "claim": True}, headers=node
         )
-        claims = r.json()["claims"]
-    [second] = claims
+        return list(r.json()["claims"])
+
+    [second] = wait_until("attempt 2 offered again", claimed, 10, interval=0)
     assert second["attempt"] == 2 and second["claim_token"] != token
     r = api.client.get(f"/v1/workunits/{unit['id']}", params={"wait_s": 10}, headers=tenant)
     final = r.json()
@@ -177,14 +192,17 @@ def test_heartbeat_renews_and_revokes(make_api: Callable[..., Api]) -> None:
     )
     assert_problem(r, 409, "stale_claim")
 
-    # heartbeats every 0.2 s keep the 1 s lease alive for well over a lease
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
+    # heartbeats every 0.2 s keep the 1 s lease alive well past its first deadline
+    first_deadline = _instant(claims[keep["id"]]["lease_expires_at"])
+
+    def outlived() -> bool:
         r = api.client.post(
             "/v1/nodes/node-a/heartbeat", json={"running": [keep["id"]]}, headers=node
         )
         assert r.json()["renewed"] == [keep["id"]]
-        time.sleep(0.2)
+        return datetime.now(UTC) > first_deadline + timedelta(seconds=0.5)
+
+    wait_until("the first lease deadline outlived", outlived, interval=0.2)
     assert _events_of(api, keep["id"], "workunit.lease_expired") == []
     r = api.client.post(
         f"/v1/workunits/{keep['id']}/complete",
@@ -214,14 +232,14 @@ def test_fail_retryable_requeues_and_non_retryable_fails(api: Api) -> None:
     assert requeued["attempt"] == 2
     assert requeued["status"] in ("queued", "scheduled")
     # the same failure again is the same answer, and no new event
-    before = len(all_events(api))
+    before = len(api.events())
     r = api.client.post(
         f"/v1/workunits/{unit['id']}/fail",
         json={"claim_token": c1["claim_token"], "error": "flaky", "retryable": True},
         headers=node,
     )
     assert r.status_code == 200, r.text
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
     # attempt 2 fails retryably but no attempts remain: failed
     [c2] = api.poll("node-a", node)["claims"]
     assert c2["attempt"] == 2
@@ -251,7 +269,7 @@ def test_cancel(api: Api) -> None:
     queued = api.submit(tenant)  # no node yet: stays queued
     r = api.client.post(f"/v1/workunits/{queued['id']}/cancel", headers=tenant)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    before = len(all_events(api))
+    before = len(api.events())
     assert_problem(
         api.client.post(f"/v1/workunits/{queued['id']}/cancel", headers=tenant),
         409,
@@ -260,7 +278,7 @@ def test_cancel(api: Api) -> None:
     assert_problem(
         api.client.post(f"/v1/workunits/{queued['id']}/cancel", headers=auth(ADMIN)), 409
     )
-    assert len(all_events(api)) == before
+    assert len(api.events()) == before
 
     node = api.node("node-a")
     done = api.submit(tenant)
@@ -280,37 +298,30 @@ def test_cancel(api: Api) -> None:
     assert ev["tenant_id"] == done["tenant_id"]
 
 
-def test_poll_returns_promptly_when_work_arrives(api: Api) -> None:
+def test_a_held_poll_wakes_with_the_work_that_arrives(api: Api) -> None:
     _, tenant = api.tenant()
     node = api.node("node-a")
-    submitted: dict[str, Any] = {}
-
-    def submit_later() -> None:
-        time.sleep(0.3)
-        submitted.update(api.submit(tenant))
-
-    thread = threading.Thread(target=submit_later)
-    start = time.monotonic()
-    thread.start()
-    r = api.client.post("/v1/nodes/node-a/poll", json={"wait_s": 5, "claim": True}, headers=node)
-    elapsed = time.monotonic() - start
-    thread.join()
+    poll = Call(
+        lambda: api.client.post(
+            "/v1/nodes/node-a/poll", json={"wait_s": MAX_WAIT_S, "claim": True}, headers=node
+        )
+    ).held(api)  # nothing to offer: the poll waits
+    unit = api.submit(tenant)  # placed on node-a while its poll is held
+    # By itself the poll would find the unit only at its re-check, POLL_RECHECK_S after it
+    # began: back well before that, it was the placement that woke it.
+    r = poll.result(timeout=POLL_RECHECK_S / 2)
     assert r.status_code == 200, r.text
     [claim] = r.json()["claims"]
-    assert claim["work_unit"]["id"] == submitted["id"]
+    assert claim["work_unit"]["id"] == unit["id"]
     assert r.json()["assignments"] == []
-    assert elapsed < 2.5, f"the poll held {elapsed:.2f}s after work arrived"
 
 
 def test_poll_without_claim_offers_and_empty_after_wait(api: Api) -> None:
     _, tenant = api.tenant()
     node = api.node("node-a")
-    start = time.monotonic()
     r = api.client.post("/v1/nodes/node-a/poll", json={"wait_s": 0.5}, headers=node)
-    elapsed = time.monotonic() - start
     assert r.status_code == 200
     assert r.json() == {"assignments": [], "claims": []}
-    assert 0.4 <= elapsed < 3.0
     unit = api.submit(tenant)
     r = api.client.post("/v1/nodes/node-a/poll", json={"wait_s": 0}, headers=node)
     [offer] = r.json()["assignments"]
@@ -322,55 +333,57 @@ def test_poll_without_claim_offers_and_empty_after_wait(api: Api) -> None:
 def test_get_with_wait_returns_when_the_unit_completes(api: Api) -> None:
     _, tenant = api.tenant()
     node = api.node("node-a")
-    unit = api.submit(tenant)
-    [c] = api.poll("node-a", node)["claims"]
 
-    def complete_later() -> None:
-        time.sleep(0.3)
-        api.client.post(
-            f"/v1/workunits/{unit['id']}/complete",
-            json={"claim_token": c["claim_token"], "result": {"answer": 42}},
+    def wait_on(unit_id: str, wait_s: float = MAX_WAIT_S) -> Call:
+        url = f"/v1/workunits/{unit_id}"
+        return Call(lambda: api.client.get(url, params={"wait_s": wait_s}, headers=tenant))
+
+    def complete(claim: dict[str, Any], result: Any) -> None:
+        r = api.client.post(
+            f"/v1/workunits/{claim['work_unit']['id']}/complete",
+            json={"claim_token": claim["claim_token"], "result": result},
             headers=node,
         )
+        assert r.status_code == 200, r.text
 
-    thread = threading.Thread(target=complete_later)
-    start = time.monotonic()
-    thread.start()
-    r = api.client.get(f"/v1/workunits/{unit['id']}", params={"wait_s": 10}, headers=tenant)
-    elapsed = time.monotonic() - start
-    thread.join()
+    unit = api.submit(tenant)
+    [c] = api.poll("node-a", node)["claims"]
+    get = wait_on(unit["id"]).held(api)
+    complete(c, {"answer": 42})
+    r = get.result(timeout=MAX_WAIT_S / 2)  # with the completion, not at the end of its wait
     assert r.status_code == 200
     assert r.json()["status"] == "completed"
     assert r.json()["result"] == {"answer": 42}
-    assert elapsed < 3.0, f"the wait held {elapsed:.2f}s after completion"
-    # a wait on a unit that stays open ends with the unit as it is
+
+    # a change that is not the end (the claim) does not end the wait: it returns completed
     other = api.submit(tenant)
-    start = time.monotonic()
-    r = api.client.get(f"/v1/workunits/{other['id']}", params={"wait_s": 0.4}, headers=tenant)
+    get = wait_on(other["id"]).held(api)
+    [c] = api.poll("node-a", node)["claims"]
+    complete(c, "done")
+    r = get.result(timeout=MAX_WAIT_S / 2)
+    assert r.json()["status"] == "completed", r.json()
+
+    # a wait on a unit that stays open ends with the unit as it is
+    third = api.submit(tenant)
+    r = api.client.get(f"/v1/workunits/{third['id']}", params={"wait_s": 0.4}, headers=tenant)
     assert r.status_code == 200 and r.json()["status"] in ("queued", "scheduled")
-    assert time.monotonic() - start >= 0.35
 
 
 def test_events_wait_wakes_on_new_event(api: Api) -> None:
     _, tenant = api.tenant()
     r = api.client.get("/v1/events", params={"limit": 1000}, headers=tenant)
     last = r.json()["last_seq"]
-
-    def submit_later() -> None:
-        time.sleep(0.3)
-        api.submit(tenant)
-
-    thread = threading.Thread(target=submit_later)
-    start = time.monotonic()
-    thread.start()
-    r = api.client.get("/v1/events", params={"after": last, "wait_s": 5}, headers=tenant)
-    elapsed = time.monotonic() - start
-    thread.join()
+    tail = Call(
+        lambda: api.client.get(
+            "/v1/events", params={"after": last, "wait_s": MAX_WAIT_S}, headers=tenant
+        )
+    ).held(api)
+    api.submit(tenant)
+    r = tail.result(timeout=MAX_WAIT_S / 2)  # with the new events, not at the end of its wait
     events = r.json()["events"]
     assert events and events[0]["type"] == "workunit.submitted"
     assert all(e["seq"] > last for e in events)
     assert r.json()["last_seq"] == events[-1]["seq"]
-    assert elapsed < 2.5
 
 
 def test_unit_events_in_log_order(api: Api) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.api.conftest import ADMIN, Api, all_events, auth
+from tests.api.conftest import ADMIN, Api, auth
 
 
 def _walk(api: Api, path: str, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
@@ -132,7 +132,7 @@ def test_node_pages(api: Api) -> None:
 def test_event_pages_by_after_and_last_seq(api: Api) -> None:
     _, a = api.tenant()
     _batch(api, a, 12, "s")
-    everything = all_events(api)
+    everything = api.events()
     seqs = [e["seq"] for e in everything]
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
     ids = [e["event_id"] for e in everything]

@@ -4,16 +4,10 @@ HTTP (register, long-poll with claim, report), so a unit's fate is decided by th
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,10 +15,11 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from krako_cli.main import app
+from tests.support.processes import ControlPlaneProcess
+from tests.support.waiting import wait_until
 
 ADMIN = "cli-admin-token-0123456789abcdef"
 JOIN = "cli-join-token-0123456789abcdef"
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -38,57 +33,17 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=40.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``python -m control_plane.server`` on a free port and a fresh SQLite database."""
     workdir = tmp_path_factory.mktemp("cp")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KRAKO_")}
-    env.update(
-        KRAKO_DATABASE_URL=f"sqlite:///{workdir / 'krako.db'}",
-        KRAKO_ADMIN_TOKEN=ADMIN,
-        KRAKO_NODE_JOIN_TOKEN=JOIN,
-        PYTHONPATH=str(REPO),
-    )
-    log = (workdir / "server.log").open("w")
-    # cwd is the temporary directory so that no .env of the checkout is read
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control_plane.server", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.flush()
-                pytest.fail(f"control plane exited: {(workdir / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("control plane not ready after 60 s")
-            time.sleep(0.1)
-        yield Server(url)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with ControlPlaneProcess(
+        workdir=workdir,
+        admin_token=ADMIN,
+        join_token=JOIN,
+        database_url=f"sqlite:///{workdir / 'krako.db'}",
+    ).start() as cp:
+        yield Server(cp.url)
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +108,9 @@ class FakeNode:
 
         Units bound to no region may be offered to any node; one of those is a stray from
         another test: it is completed and skipped."""
-        deadline = time.monotonic() + wait_s
         with self.server.http(self.token) as c:
-            while time.monotonic() < deadline:
+
+            def claimed() -> dict[str, Any] | None:
                 reply = c.post(
                     f"/v1/nodes/{self.node_id}/poll",
                     json={"max_units": 1, "wait_s": 2, "claim": True},
@@ -165,7 +120,10 @@ class FakeNode:
                     if claim["work_unit"]["region"] == self.region:
                         return dict(claim)
                     self.complete(claim, result="stray")
-        raise AssertionError(f"{self.node_id} got no unit in {wait_s} s")
+                return None
+
+            what = f"a unit of {self.region} for {self.node_id}"
+            return wait_until(what, claimed, wait_s, interval=0)  # each poll is held 2 s
 
     def complete(self, claim: dict[str, Any], result: Any = None) -> None:
         unit_id = claim["work_unit"]["id"]
