@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from control_plane.api.routes.nodes import POLL_RECHECK_S
+from control_plane.api.longpoll import POLL_RECHECK_S
 from tests.acceptance.conftest import ADMIN, StartControlPlane, auth
 from tests.support.events import read_events
 from tests.support.metrics import waiters

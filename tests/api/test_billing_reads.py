@@ -15,7 +15,7 @@ import psycopg
 
 from control_plane.db.engine import WRITE_LOCK_KEY
 from tests.api.billing_kit import NDJSON, cpu_usd, entries, run_units, wallet_total
-from tests.api.conftest import Api, all_events
+from tests.api.conftest import Api
 
 
 @contextmanager
@@ -53,7 +53,7 @@ def test_billing_reads_append_nothing_and_take_no_write_lock(api: Api, db_url: s
     nh = api.node("n1")
     [uid] = run_units(api, th, "n1", nh, [1500])
     assert [e["work_unit_id"] for e in entries(api.client)] == [uid]  # the consumer is at head
-    before = all_events(api)
+    before = api.events()
     with write_lock_held(db_url):
         r = api.client.get("/v1/billing/ledger", headers=api.admin())
         assert r.status_code == 200 and len(r.json()["entries"]) == 1, r.text
@@ -63,18 +63,18 @@ def test_billing_reads_append_nothing_and_take_no_write_lock(api: Api, db_url: s
         assert r.status_code == 200 and Decimal(r.json()["total_usd"]) == cpu_usd(1500), r.text
         r = api.client.get("/v1/billing/anomalies", headers=api.admin())
         assert r.status_code == 200 and r.json()["anomalies"] == [], r.text
-    assert all_events(api) == before
+    assert api.events() == before
 
     # The consumer behind the head (a tenant.created it has not folded yet, almost surely:
     # its loop ticks twice a second), and the write lock taken before it can fold: the read
     # waits its bounded while, then answers with what is folded, still writing nothing (a
     # read that folded itself would block on the lock here).
     api.tenant("other")
-    before = all_events(api)
+    before = api.events()
     with write_lock_held(db_url):
         r = api.client.get("/v1/billing/ledger", headers=api.admin())
         assert r.status_code == 200 and len(r.json()["entries"]) == 1, r.text
-    assert all_events(api) == before
+    assert api.events() == before
 
 
 def test_a_line_folded_by_another_replica_is_there(make_api: Callable[..., Api]) -> None:

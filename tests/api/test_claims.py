@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from control_plane.api.routes.nodes import POLL_RECHECK_S
+from control_plane.api.longpoll import POLL_RECHECK_S
 from shared.wire import MAX_WAIT_S
 from tests.api.conftest import ADMIN, Api, assert_problem, auth
 from tests.support.metrics import waiters
