@@ -85,7 +85,7 @@ PrincipalDep = Annotated[Principal, Depends(principal)]
 # 401/403 replies are exactly those of the checks.
 ADMIN_SCHEME = HTTPBearer(
     scheme_name="adminToken",
-    description="The admin token (`KRAKO_API__ADMIN_TOKEN`): the admin role.",
+    description="The admin token (`KRAKO_ADMIN_TOKEN`): the admin role.",
     auto_error=False,
 )
 TENANT_SCHEME = HTTPBearer(
@@ -100,7 +100,7 @@ NODE_SCHEME = HTTPBearer(
 )
 JOIN_SCHEME = HTTPBearer(
     scheme_name="nodeJoinToken",
-    description="The node join token (`KRAKO_API__NODE_JOIN_TOKEN`): registers nodes only.",
+    description="The node join token (`KRAKO_NODE_JOIN_TOKEN`): registers nodes only.",
     auto_error=False,
 )
 _Credentials = HTTPAuthorizationCredentials | None
