@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from control_plane.api import errors
+from control_plane.api import docs, errors
 from control_plane.api.body_limit import BodyLimitMiddleware, RequireBearerMiddleware
 from control_plane.api.routes import billing, capacity, events, nodes, ops, tenants, workunits
 from control_plane.billing.consumer import catch_up
@@ -85,6 +85,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: control_plane/api/docs.py, with local assets
+        redoc_url=None,
     )
     app.state.services = services
     errors.install(app)
@@ -92,4 +94,5 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     for module in (tenants, workunits, nodes, events, billing, capacity, ops):
         app.include_router(module.router)
+    docs.install(app)
     return app

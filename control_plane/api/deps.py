@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.errors import Forbidden, Unauthorized
@@ -78,6 +79,37 @@ async def principal(request: Request, services: ServicesDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(principal)]
 
 
+# OpenAPI only: one HTTP bearer scheme per role, so the document says which token an
+# operation takes. ``auto_error=False``: they never reply themselves (they return None on a
+# missing or malformed header); ``principal`` and the ``require_*`` checks below decide, so the
+# 401/403 replies are exactly those of the checks.
+ADMIN_SCHEME = HTTPBearer(
+    scheme_name="adminToken",
+    description="The admin token (`KRAKO_ADMIN_TOKEN`): the admin role.",
+    auto_error=False,
+)
+TENANT_SCHEME = HTTPBearer(
+    scheme_name="tenantToken",
+    description="A tenant's API token (issued by POST /v1/tenants): the tenant role.",
+    auto_error=False,
+)
+NODE_SCHEME = HTTPBearer(
+    scheme_name="nodeToken",
+    description="A node's token (returned when the node registers): the node role.",
+    auto_error=False,
+)
+JOIN_SCHEME = HTTPBearer(
+    scheme_name="nodeJoinToken",
+    description="The node join token (`KRAKO_NODE_JOIN_TOKEN`): registers nodes only.",
+    auto_error=False,
+)
+_Credentials = HTTPAuthorizationCredentials | None
+_AdminScheme = Annotated[_Credentials, Depends(ADMIN_SCHEME)]
+_TenantScheme = Annotated[_Credentials, Depends(TENANT_SCHEME)]
+_NodeScheme = Annotated[_Credentials, Depends(NODE_SCHEME)]
+_JoinScheme = Annotated[_Credentials, Depends(JOIN_SCHEME)]
+
+
 def _wrong_role(*roles: Role) -> Forbidden:
     return Forbidden(f"this operation needs the {' or '.join(roles)} role")
 
@@ -95,19 +127,19 @@ class ViewerIdentity:
         return f"tenant:{self.tenant_id}" if self.tenant_id is not None else "admin"
 
 
-async def require_admin(p: PrincipalDep) -> Principal:
+async def require_admin(_: _AdminScheme, p: PrincipalDep) -> Principal:
     if p.role != "admin":
         raise _wrong_role("admin")
     return p
 
 
-async def require_tenant(p: PrincipalDep) -> str:
+async def require_tenant(_: _TenantScheme, p: PrincipalDep) -> str:
     if p.role != "tenant" or p.tenant_id is None:
         raise _wrong_role("tenant")
     return p.tenant_id
 
 
-async def require_viewer(p: PrincipalDep) -> ViewerIdentity:
+async def require_viewer(_t: _TenantScheme, _a: _AdminScheme, p: PrincipalDep) -> ViewerIdentity:
     if p.role == "admin":
         return ViewerIdentity(None)
     if p.role != "tenant" or p.tenant_id is None:
@@ -115,7 +147,7 @@ async def require_viewer(p: PrincipalDep) -> ViewerIdentity:
     return ViewerIdentity(p.tenant_id)
 
 
-async def require_node(request: Request, p: PrincipalDep) -> str:
+async def require_node(request: Request, _: _NodeScheme, p: PrincipalDep) -> str:
     """The calling node's id; on a path that names a node, a node token acts only on its own
     node's (403 otherwise)."""
     if p.role != "node" or p.node_id is None:
@@ -126,7 +158,7 @@ async def require_node(request: Request, p: PrincipalDep) -> str:
     return p.node_id
 
 
-async def require_join_token(request: Request, services: ServicesDep) -> None:
+async def require_join_token(request: Request, _: _JoinScheme, services: ServicesDep) -> None:
     token = bearer(request)
     if _equal(services.settings.api.node_join_token, token):
         return

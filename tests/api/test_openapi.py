@@ -210,3 +210,23 @@ def test_component_schemas_are_documented() -> None:
 def test_key_schemas_have_examples(name: str) -> None:
     schema = _spec()["components"]["schemas"][name]
     assert schema.get("examples"), f"{name} has no example"
+
+
+def test_bearer_security_schemes_are_declared() -> None:
+    schemes = _spec()["components"]["securitySchemes"]
+    assert set(schemes) == {"adminToken", "tenantToken", "nodeToken", "nodeJoinToken"}
+    for scheme in schemes.values():
+        assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+        assert scheme["description"]
+    ops = {(method, path): op for method, path, op in _operations()}
+    assert ops[("post", "/v1/workunits")]["security"] == [{"tenantToken": []}]
+    assert ops[("post", "/v1/tenants")]["security"] == [{"adminToken": []}]
+    assert ops[("post", "/v1/nodes")]["security"] == [{"nodeJoinToken": []}]
+    assert ops[("post", "/v1/nodes/{node_id}/heartbeat")]["security"] == [{"nodeToken": []}]
+    assert {"tenantToken": []} in ops[("get", "/v1/workunits")]["security"]
+    assert {"adminToken": []} in ops[("get", "/v1/workunits")]["security"]
+    for method, path, op in _operations():
+        if path.startswith("/v1/"):
+            assert op.get("security"), f"{method.upper()} {path} declares no security"
+        else:
+            assert "security" not in op, f"{method.upper()} {path} needs no token"
