@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.api import longpoll
 from control_plane.api.deps import Admin, JoinToken, NodeId, ServicesDep
 from control_plane.api.errors import problem_model, responses
 from control_plane.api.pagination import MAX_LIMIT, cut_page, decode_cursor
+from control_plane.api.replies import model_response
 from control_plane.errors import KrakoError
 from control_plane.fleet import nodes, queries
 from control_plane.units import reports as unit_reports
@@ -57,6 +58,7 @@ async def register(body: NodeRegister, _: JoinToken, services: ServicesDep) -> N
 @router.post(
     "/{node_id}/heartbeat",
     operation_id="node_heartbeat",
+    response_model=HeartbeatReply,
     summary="Heartbeat (node)",
     description="Marks the node alive and renews the leases of the units it holds; "
     "'revoked' lists units it reports running that are no longer its own: stop them.",
@@ -64,14 +66,17 @@ async def register(body: NodeRegister, _: JoinToken, services: ServicesDep) -> N
 )
 async def heartbeat(
     node_id: str, body: HeartbeatRequest, node: NodeId, services: ServicesDep
-) -> HeartbeatReply:
+) -> Response:
     lease_s = services.settings.leases.lease_s
-    return await run_in_threadpool(nodes.heartbeat, services.db, node, body, lease_s)
+    return model_response(
+        await run_in_threadpool(nodes.heartbeat, services.db, node, body, lease_s)
+    )
 
 
 @router.post(
     "/{node_id}/poll",
     operation_id="node_poll",
+    response_model=PollReply,
     summary="Long-poll for work (node)",
     description="Returns as soon as a unit is offered to this node, or empty when wait_s "
     "runs out. With claim=true the units are claimed in the same step and returned as "
@@ -80,13 +85,14 @@ async def heartbeat(
 )
 async def poll(
     node_id: str, body: PollRequest, node: NodeId, request: Request, services: ServicesDep
-) -> PollReply:
-    return await longpoll.poll(services, request, node, body)
+) -> Response:
+    return model_response(await longpoll.poll(services, request, node, body))
 
 
 @router.post(
     "/{node_id}/reports",
     operation_id="node_reports",
+    response_model=ReportsReply,
     summary="Report many completions and failures (node)",
     description="Batch form of /v1/workunits/{id}/complete and /fail for one node: one "
     "transaction, and each item gets the status its single-unit route would give (200, "
@@ -95,7 +101,7 @@ async def poll(
 )
 async def reports(
     node_id: str, body: ReportsRequest, node: NodeId, services: ServicesDep
-) -> ReportsReply:
+) -> Response:
     for item in [*body.completions, *body.failures]:
         ensure_storable(item, "the report")
     done, failed = await run_in_threadpool(
@@ -106,7 +112,7 @@ async def reports(
         [(c.work_unit_id, c) for c in body.completions],
         [(f.work_unit_id, f) for f in body.failures],
     )
-    return ReportsReply(completions=_results(done), failures=_results(failed))
+    return model_response(ReportsReply(completions=_results(done), failures=_results(failed)))
 
 
 def _results(items: list[tuple[WorkUnit | None, KrakoError | None]]) -> list[ReportResult]:

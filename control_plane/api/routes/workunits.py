@@ -12,6 +12,7 @@ from control_plane.api import longpoll
 from control_plane.api.deps import NodeId, ServicesDep, TenantId, Viewer
 from control_plane.api.errors import problem_model, responses
 from control_plane.api.pagination import MAX_LIMIT, cut_page, decode_cursor
+from control_plane.api.replies import model_response
 from control_plane.billing.budget import budget_hook, record_refusal
 from control_plane.errors import BadRequest, KrakoError
 from control_plane.units import claims, queries, reports
@@ -52,6 +53,7 @@ def _idem_key(value: str | None) -> str | None:
     "",
     status_code=201,
     operation_id="submit_work_unit",
+    response_model=WorkUnit,
     summary="Submit a work unit",
     description="Queues a unit (and places it at once when a node has a free slot). With an "
     "Idempotency-Key (scoped to the tenant), the same key and body again return 200 with the "
@@ -66,9 +68,8 @@ async def submit(
     body: WorkUnitSubmit,
     tenant_id: TenantId,
     services: ServicesDep,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> WorkUnit:
+) -> Response:
     key = _idem_key(idempotency_key)
     [outcome] = await run_in_threadpool(
         workunits.submit, services.db, services.scheduler, tenant_id, [(body, key)], BUDGET
@@ -76,8 +77,7 @@ async def submit(
     if outcome.error is not None:
         raise outcome.error
     assert outcome.unit is not None  # an outcome carries its unit or its error
-    response.status_code = outcome.status
-    return outcome.unit
+    return model_response(outcome.unit, outcome.status)
 
 
 @router.post(
@@ -148,6 +148,7 @@ async def list_units(
 @router.get(
     "/{unit_id}",
     operation_id="get_work_unit",
+    response_model=WorkUnit,
     summary="Read a work unit",
     description="With wait_s (0-30) the request is held until the unit is terminal or the "
     "wait runs out. Another tenant's unit is 404.",
@@ -158,8 +159,8 @@ async def get_unit(
     viewer: Viewer,
     services: ServicesDep,
     wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
-) -> WorkUnit:
-    return await longpoll.unit(services, unit_id, viewer.tenant_id, wait_s)
+) -> Response:
+    return model_response(await longpoll.unit(services, unit_id, viewer.tenant_id, wait_s))
 
 
 @router.get(
@@ -176,20 +177,23 @@ async def unit_events(unit_id: str, viewer: Viewer, services: ServicesDep) -> Wo
 @router.post(
     "/{unit_id}/cancel",
     operation_id="cancel_work_unit",
+    response_model=WorkUnit,
     summary="Cancel a work unit",
     description="Cancels a unit that is not terminal (409 already_terminal otherwise). A node "
     "holding it is told 'revoked' at its next heartbeat and its reports become stale.",
     responses=responses(401, 403, 404, 409),
 )
-async def cancel(unit_id: str, viewer: Viewer, services: ServicesDep) -> WorkUnit:
-    return await run_in_threadpool(
+async def cancel(unit_id: str, viewer: Viewer, services: ServicesDep) -> Response:
+    unit = await run_in_threadpool(
         cancel_unit, services.db, services.scheduler, unit_id, viewer.tenant_id, viewer.actor
     )
+    return model_response(unit)
 
 
 @router.post(
     "/{unit_id}/claim",
     operation_id="claim_work_unit",
+    response_model=ClaimReply,
     summary="Claim a work unit (node)",
     description="Only a node the unit was offered to, only for the current attempt, only "
     "once. The loser of a race it was offered to gets 409 already_claimed; any other node "
@@ -198,17 +202,19 @@ async def cancel(unit_id: str, viewer: Viewer, services: ServicesDep) -> WorkUni
 )
 async def claim(
     unit_id: str, body: ClaimRequest, node_id: NodeId, services: ServicesDep
-) -> ClaimReply:
+) -> Response:
     lease_s = services.settings.leases.lease_s
-    return await run_in_threadpool(
+    reply = await run_in_threadpool(
         claims.claim, services.db, node_id, unit_id, body.attempt, lease_s
     )
+    return model_response(reply)
 
 
 @router.post(
     "/{unit_id}/llm-invocations",
     status_code=201,
     operation_id="report_llm_invocation",
+    response_model=LlmInvocationAccepted,
     summary="Report an LLM invocation (node)",
     description="Telemetry of one LLM call under the node's claim. The control plane stamps "
     "its own price; the agent's estimated_cost_usd is telemetry only. The same invocation_id "
@@ -224,18 +230,17 @@ async def llm_invocation(
     body: LlmInvocationReport,
     node_id: NodeId,
     services: ServicesDep,
-    response: Response,
-) -> LlmInvocationAccepted:
+) -> Response:
     status, reply = await run_in_threadpool(
         reports.record_invocation, services.db, node_id, unit_id, body
     )
-    response.status_code = status
-    return reply
+    return model_response(reply, status)
 
 
 @router.post(
     "/{unit_id}/complete",
     operation_id="complete_work_unit",
+    response_model=WorkUnit,
     summary="Report completion (node)",
     description="The same completion again: 200 and no new event. A claim token that is not "
     "the unit's current claim: 409 stale_claim.",
@@ -243,21 +248,24 @@ async def llm_invocation(
 )
 async def complete(
     unit_id: str, body: CompleteRequest, node_id: NodeId, services: ServicesDep
-) -> WorkUnit:
-    return await run_in_threadpool(
+) -> Response:
+    unit = await run_in_threadpool(
         reports.complete, services.db, services.scheduler, node_id, unit_id, body
     )
+    return model_response(unit)
 
 
 @router.post(
     "/{unit_id}/fail",
     operation_id="fail_work_unit",
+    response_model=WorkUnit,
     summary="Report failure (node)",
     description="Requeued with attempt + 1 while attempts remain and retryable; otherwise the "
     "unit is failed.",
     responses=responses(401, 403, 404, 409, 422),
 )
-async def fail(unit_id: str, body: FailRequest, node_id: NodeId, services: ServicesDep) -> WorkUnit:
-    return await run_in_threadpool(
+async def fail(unit_id: str, body: FailRequest, node_id: NodeId, services: ServicesDep) -> Response:
+    unit = await run_in_threadpool(
         reports.fail, services.db, services.scheduler, node_id, unit_id, body
     )
+    return model_response(unit)
