@@ -432,7 +432,8 @@ class Settings(BaseSettings):
         return self.model_copy(update={"api": self.api.model_copy(update=updates)}), notes
 
     def require_tokens(self) -> None:
-        """Refuse to start without both tokens (or with short ones, outside dev mode)."""
+        """Refuse to start without both tokens, with equal ones (a joining node would hold the
+        admin role), or with short ones outside dev mode."""
         api = self.api
         tokens = (
             ("KRAKO_ADMIN_TOKEN", api.admin_token),
@@ -446,6 +447,8 @@ class Settings(BaseSettings):
         for name, value in tokens:
             if value is not None and len(value) < 16 and not api.dev:
                 raise SettingsError(f"{name} is too short (16 characters at least)")
+        if api.admin_token == api.node_join_token:
+            raise SettingsError("KRAKO_ADMIN_TOKEN and KRAKO_NODE_JOIN_TOKEN must differ")
 
 
 # --------------------------------------------------------------------------- variables

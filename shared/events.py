@@ -53,6 +53,7 @@ class EventType(StrEnum):
     TRUST_SCORE_CHANGED = "trust.score.changed"
     CAPACITY_SCALE_REQUESTED = "capacity.scale.requested"
     CAPACITY_ADMISSION_MODE_CHANGED = "capacity.admission.mode.changed"
+    CAPACITY_OVERRIDE_SET = "capacity.override.set"
     CAPACITY_OVERRIDE_CLEARED = "capacity.override.cleared"
     BILLING_POLICY_CHANGED = "billing.policy.changed"
     BILLING_PRICE_CHANGED = "billing.price.changed"
@@ -286,6 +287,16 @@ class CapacityAdmissionModeChanged(Payload):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+class CapacityOverrideSet(Payload):
+    """A manual mode override began (``PUT /v1/capacity/mode``): the mode is pinned for
+    ``ttl_s`` (``None``: until cleared). Recorded whether or not the mode changed; a change
+    also appends its own ``capacity.admission.mode.changed``."""
+
+    mode: CapacityMode
+    reason: str
+    ttl_s: float | None = None
+
+
 class CapacityOverrideCleared(Payload):
     """A manual mode override ended (cleared by an admin, or its TTL ran out)."""
 
@@ -346,6 +357,7 @@ PAYLOADS: dict[EventType, type[Payload]] = {
     EventType.TRUST_SCORE_CHANGED: TrustScoreChanged,
     EventType.CAPACITY_SCALE_REQUESTED: CapacityScaleRequested,
     EventType.CAPACITY_ADMISSION_MODE_CHANGED: CapacityAdmissionModeChanged,
+    EventType.CAPACITY_OVERRIDE_SET: CapacityOverrideSet,
     EventType.CAPACITY_OVERRIDE_CLEARED: CapacityOverrideCleared,
     EventType.BILLING_POLICY_CHANGED: BillingPolicyChanged,
     EventType.BILLING_PRICE_CHANGED: BillingPriceChanged,

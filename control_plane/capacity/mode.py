@@ -14,7 +14,11 @@ from control_plane.db.uow import UnitOfWork, write_transaction
 from control_plane.eventlog.emit import emit
 from control_plane.units.queries import depth_by_priority
 from shared.enums import CapacityMode, NodeHealth, WorkUnitStatus
-from shared.events import CapacityAdmissionModeChanged, CapacityOverrideCleared
+from shared.events import (
+    CapacityAdmissionModeChanged,
+    CapacityOverrideCleared,
+    CapacityOverrideSet,
+)
 from shared.wire import CapacityReport
 
 _MODE = select(capacity_state.c.mode).where(capacity_state.c.id == 1)
@@ -74,24 +78,26 @@ def change_mode(
 def set_override(
     db: Database, mode: CapacityMode, reason: str, ttl_s: float | None
 ) -> CapacityReport:
-    """A manual override; setting the mode already in force appends nothing and leaves any
-    override as it was. Returns the capacity report once it is committed."""
+    """A manual override: pins ``mode`` for ``ttl_s`` (``None``: until cleared), replacing
+    any override in force. Always recorded as ``capacity.override.set``; only a mode that
+    differs from the one in force also appends ``capacity.admission.mode.changed``, so
+    pinning the mode already in force still holds it against the autoscaler. Returns the
+    capacity report once it is committed."""
     with write_transaction(db) as uow:
         _override(uow, mode, reason, ttl_s)
     return read_report(db)
 
 
 def _override(uow: UnitOfWork, mode: CapacityMode, reason: str, ttl_s: float | None) -> None:
-    row = ensure_state(uow)
-    if CapacityMode(row.mode) is mode:
-        return
-    change_mode(uow, mode, reason, "manual", {}, ttl_s)
+    change_mode(uow, mode, reason, "manual", {}, ttl_s)  # nothing when already in force
     until = uow.now_us + int(ttl_s * 1_000_000) if ttl_s else None
     uow.conn.execute(
         update(capacity_state)
         .where(capacity_state.c.id == 1)
         .values(override_active=True, override_until_us=until)
     )
+    emit(uow, CapacityOverrideSet(mode=mode, reason=reason, ttl_s=ttl_s), stream_id="capacity")
+    uow.wake("capacity")
 
 
 def clear_override(db: Database, reason: str) -> bool:

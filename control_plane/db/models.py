@@ -238,7 +238,8 @@ class CheckpointRow(TableModel, table=True):
 
 class CapacityStateRow(TableModel, table=True):
     """Cluster-wide capacity state (a single row, id = 1): a projection of
-    ``capacity.admission.mode.changed``, ``capacity.override.cleared`` and
+    ``capacity.admission.mode.changed``, ``capacity.override.set``,
+    ``capacity.override.cleared`` and
     ``capacity.scale.requested``, with the autoscaler's last decision and controller state."""
 
     __tablename__ = "capacity_state"

@@ -118,6 +118,12 @@ def _mode_changed(event: Event) -> str:
     return f"{_change(event)} ({_p(event, 'source')}): {_p(event, 'reason')}"
 
 
+def _override_set(event: Event) -> str:
+    ttl = _p(event, "ttl_s")
+    held = f" for {ttl} s" if ttl else " until cleared"
+    return f"override {_p(event, 'mode')}{held}: {_p(event, 'reason')}"
+
+
 def _override_cleared(event: Event) -> str:
     return f"override cleared: {_p(event, 'reason')}"
 
@@ -175,6 +181,7 @@ SUMMARIES: dict[str, Callable[[Event], str]] = {
     EventType.TRUST_SCORE_CHANGED: _trust_changed,
     EventType.CAPACITY_SCALE_REQUESTED: _scale_requested,
     EventType.CAPACITY_ADMISSION_MODE_CHANGED: _mode_changed,
+    EventType.CAPACITY_OVERRIDE_SET: _override_set,
     EventType.CAPACITY_OVERRIDE_CLEARED: _override_cleared,
     EventType.BILLING_POLICY_CHANGED: _policy_changed,
     EventType.BILLING_PRICE_CHANGED: _price_changed,

@@ -4,7 +4,8 @@ backends), short timings, driven through the API.
 - a pressure ramp on one single-slot node goes OPEN -> THROTTLED -> CRITICAL (each an event
   with its inputs; CRITICAL refuses p1 with 429 + Retry-After) and back to OPEN once drained;
 - noise between the thresholds changes nothing;
-- a manual override holds until DELETE or its TTL, and setting the same mode appends nothing;
+- a manual override holds until DELETE or its TTL; setting the mode already in force appends
+  no mode change but still pins it (``capacity.override.set``);
 - with two replicas only the lease holder decides; the other takes over when it stops, or,
   when it dies without a word, once the lease expires;
 - the webhook actuator signs its body and retries after a 500.
@@ -258,7 +259,9 @@ def test_manual_override_holds_until_deleted_or_expired(make_api: Callable[..., 
         "/v1/capacity/mode", json={"mode": "CRITICAL", "reason": "again"}, headers=admin
     )
     assert again.status_code == 200
-    assert len(api.events(MODE_CHANGED)) == 1  # the mode in force: no event
+    assert len(api.events(MODE_CHANGED)) == 1  # the mode in force: no mode change...
+    pins = api.events("capacity.override.set")  # ...but the override is recorded again
+    assert [e["payload"]["reason"] for e in pins] == ["ops", "again"]
 
     assert api.client.delete("/v1/capacity/mode", headers=admin).status_code == 204
     wait_until("OPEN", mode_is(api, "OPEN"), timeout=5)

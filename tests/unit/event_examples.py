@@ -13,6 +13,7 @@ from shared.events import (
     BillingPriceChanged,
     CapacityAdmissionModeChanged,
     CapacityOverrideCleared,
+    CapacityOverrideSet,
     CapacityScaleRequested,
     CpuPricing,
     EventType,
@@ -135,6 +136,9 @@ EXAMPLES: dict[EventType, Payload] = {
         source="manual",
         inputs={},
         ttl_s=30.0,
+    ),
+    EventType.CAPACITY_OVERRIDE_SET: CapacityOverrideSet(
+        mode=CapacityMode.OPEN, reason="pinned for the launch", ttl_s=3600.0
     ),
     EventType.CAPACITY_OVERRIDE_CLEARED: CapacityOverrideCleared(reason="override ttl expired"),
     EventType.BILLING_POLICY_CHANGED: BillingPolicyChanged(

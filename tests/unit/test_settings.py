@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
 from decimal import Decimal
@@ -136,6 +138,31 @@ def test_the_validators_refuse_unsafe_combinations(monkeypatch: pytest.MonkeyPat
         Settings(leases={"lease_s": 0, "heartbeat_interval_s": 1})
 
 
+def test_the_server_refuses_equal_admin_and_join_tokens(tmp_path: Path) -> None:
+    """A real ``krako-control-plane`` process: exit 2, one line on stderr, no token in it."""
+    token = "the-same-token-for-both-roles"
+    env = {
+        **os.environ,
+        "KRAKO_ADMIN_TOKEN": token,
+        "KRAKO_NODE_JOIN_TOKEN": token,
+        "KRAKO_DATA_DIR": str(tmp_path / "data"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "control_plane.server", "--port", "0"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert "configuration error" in lines[0] and "must differ" in lines[0]
+    assert token not in done.stderr
+
+
 def test_tokens_are_required_and_long_outside_dev_mode() -> None:
     with pytest.raises(SettingsError, match="KRAKO_ADMIN_TOKEN, KRAKO_NODE_JOIN_TOKEN not set"):
         Settings().require_tokens()
@@ -143,6 +170,9 @@ def test_tokens_are_required_and_long_outside_dev_mode() -> None:
     with pytest.raises(SettingsError, match="KRAKO_ADMIN_TOKEN is too short"):
         short.require_tokens()
     Settings(api={"admin_token": "a" * 15, "node_join_token": "j", "dev": True}).require_tokens()
+    same = Settings(api={"admin_token": "t" * 16, "node_join_token": "t" * 16})
+    with pytest.raises(SettingsError, match="must differ"):
+        same.require_tokens()
 
     dev, notes = Settings(api={"dev": True, "admin_token": "a" * 16}).with_dev_tokens()
     assert dev.api.admin_token == "a" * 16

@@ -29,9 +29,10 @@ async def get_capacity(_: Viewer, services: ServicesDep) -> CapacityReport:
     "/mode",
     operation_id="set_capacity_mode",
     summary="Override the admission mode (admin)",
-    description="A manual override, itself an event. It holds for ttl_s, or until DELETE; "
-    "while it holds the autoscaler does not change the mode. Setting the mode already in "
-    "force appends no event and leaves any override as it was.",
+    description="A manual override, itself an event (capacity.override.set). It holds for "
+    "ttl_s, or until DELETE; while it holds the autoscaler does not change the mode. Setting "
+    "the mode already in force appends no capacity.admission.mode.changed event but still "
+    "pins it. When the override ends the autoscaler decides at its next tick.",
     responses=responses(401, 403, 422),
 )
 async def put_mode(body: CapacityModeRequest, _: Admin, services: ServicesDep) -> CapacityReport:
