@@ -260,8 +260,9 @@ def render() -> tuple[str, list[str]]:
         "From `control_plane.settings.Settings`, one group per table (the setting column is "
         "its place in `Settings`, for example `settings.leases.lease_s`); each variable keeps "
         "its flat name. Outside `KRAKO_DEV=1` the process refuses to start without "
-        "`KRAKO_ADMIN_TOKEN` and `KRAKO_NODE_JOIN_TOKEN` (16 characters at least). `--host` "
-        "and `--port` are command-line flags only.",
+        "`KRAKO_ADMIN_TOKEN` and `KRAKO_NODE_JOIN_TOKEN` (16 characters at least), and it "
+        "never starts when the two are equal. `--host` and `--port` are command-line flags "
+        "only.",
         "",
         *cp_sections,
         "",
