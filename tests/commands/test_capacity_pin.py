@@ -5,21 +5,17 @@ autoscaler decides at its next tick. Time moves only when the test advances the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from decimal import Decimal
-
 import orjson
 import pytest
 from sqlalchemy import select
 
-from control_plane.billing.prices import ensure_billing
 from control_plane.capacity.autoscaler import params_from_settings, run_tick
 from control_plane.capacity.controller import ControllerParams
-from control_plane.capacity.mode import current_mode, ensure_state, set_override
+from control_plane.capacity.mode import current_mode, set_override
 from control_plane.clock import ManualClock
-from control_plane.db.engine import Database, create_database
+from control_plane.db.engine import Database
 from control_plane.db.tables import events
-from control_plane.db.uow import read_connection, write_transaction
+from control_plane.db.uow import read_connection
 from control_plane.fleet import nodes as fleet
 from control_plane.scheduling.placement import PlacementWeights
 from control_plane.scheduling.scheduler import SchedulerContext
@@ -34,21 +30,6 @@ HOLDER = "replica-a"
 MODE_CHANGED = "capacity.admission.mode.changed"
 OVERRIDE_SET = "capacity.override.set"
 OVERRIDE_CLEARED = "capacity.override.cleared"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def timed_db(db_url: str, clock: ManualClock) -> Iterator[Database]:
-    database = create_database(db_url, pool_size=2, clock=clock)
-    with write_transaction(database) as uow:
-        ensure_state(uow)
-        ensure_billing(uow, False, True, Decimal("0.000050"))
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

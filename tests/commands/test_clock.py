@@ -5,16 +5,10 @@ without one the server's clock stands, so replicas agree)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from decimal import Decimal
-
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from control_plane.app import create_app
-from control_plane.billing.prices import ensure_billing
-from control_plane.capacity.mode import ensure_state
 from control_plane.clock import ManualClock, SystemClock
 from control_plane.db.engine import Database, create_database
 from control_plane.db.tables import events, work_units
@@ -32,21 +26,6 @@ from tests.api.conftest import ADMIN, auth, make_settings
 
 LEASE_S = 30.0
 CALM = SweepTimings(heartbeat_interval_s=3600, heartbeat_timeout_s=7200, offer_timeout_s=3600)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def timed_db(db_url: str, clock: ManualClock) -> Iterator[Database]:
-    database = create_database(db_url, pool_size=2, clock=clock)
-    with write_transaction(database) as uow:
-        ensure_state(uow)
-        ensure_billing(uow, False, True, Decimal("0.000050"))
-    yield database
-    database.dispose()
 
 
 def test_the_unit_of_work_reads_the_database_clock(timed_db: Database, clock: ManualClock) -> None:
